@@ -1,0 +1,399 @@
+"""The one typed, validated view of ``params.yaml``.
+
+``params.yaml`` is composed from ``conf/base.yaml`` and ``conf/profile/<name>.yaml``
+(``python -m tasks.config use <name>``) and is the file every stage and DVC read.
+Every section is a pydantic model with ``extra="forbid"``: a typo or a bad value fails at
+load time with the dotted key and the allowed values.
+
+    python -m tasks.config use msmarco   # switch profile (rewrites params.yaml)
+    python -m tasks.config check         # validate params.yaml
+    python -m tasks.config show bm25     # print one section, resolved
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = ROOT / "params.yaml"
+CONF = ROOT / "conf"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is missing, malformed, or names an unknown or invalid key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- paths / data
+class Paths(Section):
+    """Every path the pipeline reads or writes, relative to the project root."""
+
+    downloads: str = Field(description="archive cache of raw downloads (re-verified, not DVC-tracked)")
+    raw: str = Field(description="one directory per source, extracted: download stage outputs")
+    models: str = Field(description="smoke models built locally for the sample profile")
+    qa: str = Field(description="QA v2.1 conversions: jsonl, well-formed subsets, stats")
+    bm25_index: str
+    embeddings: str = Field(description="per-system embedding shards + manifest")
+    embedding_cache: str = Field(description="content-addressed embedding cache shared by runs")
+    runs: str = Field(description="per-system TREC runs on dev / TREC DL 2019")
+    negatives: str = Field(description="per-system mined hits (Parquet: qid, rank, pid, score)")
+    out: str = Field(description="published-format outputs (hard negatives, CE score pickle)")
+    scores: str = Field(description="cross-encoder score shards and canonical Parquet")
+    exports: str = Field(description="training-ready exports")
+    metrics: str = Field(description="DVC metrics (JSON) and plots data")
+    report: str = Field(description="human-readable evaluation report with PNG figures")
+
+
+class Source(Section):
+    """One remote file: where it lives, what it must hash to, and how to unpack it."""
+
+    url: str
+    md5: str | None = Field(description="expected md5; null only for files you add yourself")
+    size: PositiveInt | None = None
+    unpack: Literal["none", "gunzip", "untar"] = "none"
+    optional: bool = Field(False, description="skipped (not failed) by the sample profile's stages")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://", "file:")):
+            raise ValueError("url must start with https://, http:// or file:")
+        return v
+
+    @field_validator("md5")
+    @classmethod
+    def _md5(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 32 or any(c not in "0123456789abcdef" for c in v)):
+            raise ValueError("md5 must be 32 lowercase hex digits")
+        return v
+
+
+class Inputs(Section):
+    """Logical input files, as paths under ``paths.raw``."""
+
+    collection: str
+    queries_train: str
+    qrels_train: str
+    queries_dev: str
+    qrels_dev: str
+    queries_dl19: str
+    qrels_dl19: str
+    qa_train: str
+    qa_dev: str
+    top1000_dev: str | None = None
+
+
+class Download(Section):
+    retries: Annotated[int, Field(ge=0)] = 5
+    backoff_s: NonNegFloat = 1.0
+    backoff_max_s: NonNegFloat = 60.0
+    stall_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    chunk_bytes: PositiveInt = 1 << 20
+
+
+# --------------------------------------------------------------------------- stages
+class Convert(Section):
+    splits: list[str] = Field(["train", "dev"], description="QA splits converted (keys qa_<split>)")
+
+
+class Elasticsearch(Section):
+    """Connection comes from the environment (ELASTICSEARCH_URL, _API_KEY, _USER/_PASSWORD,
+    _CA_CERTS), never from params, so credentials stay out of the repo and the logs."""
+
+    index: str = "msmarco-passages"
+    shards: PositiveInt = 1
+    replicas: Annotated[int, Field(ge=0)] = 0
+    bulk_docs: PositiveInt = 2000
+    msearch_batch: PositiveInt = 200
+    request_timeout_s: PositiveInt = 120
+    max_retries: Annotated[int, Field(ge=0)] = 8
+
+
+class Bm25(Section):
+    backend: Literal["embedded", "elasticsearch"] = "embedded"
+    k1: NonNegFloat = 1.2
+    b: Annotated[float, Field(ge=0, le=1)] = 0.75
+    analyzer: Literal["english", "standard"] = "english"
+    threads: PositiveInt = 2
+    elasticsearch: Elasticsearch = Elasticsearch()
+
+
+class SmokeModels(Section):
+    """Tiny random-init models for the sample profile (smoke tests, not real retrievers)."""
+
+    vocab_size: PositiveInt = 2000
+    hidden_size: PositiveInt = 64
+    layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    intermediate_size: PositiveInt = 128
+    max_seq_length: PositiveInt = Field(128, description="tokenizer/model max length of the smoke models")
+    vocab_passages: PositiveInt = Field(50000, description="the vocabulary is trained on the first N passages")
+
+
+class DenseSystem(Section):
+    """One system of the ``neg`` dict: a bi-encoder and how it scores."""
+
+    model: str | None = Field(description="hub id or local path; null = no public weights (skipped)")
+    revision: str | None = Field(None, description="hub commit to pin; null for local paths")
+    score: Literal["cos", "dot"]
+    max_seq_length: PositiveInt = 256
+    smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
+
+
+class Encode(Section):
+    batch_size: PositiveInt = 64
+    shard_size: PositiveInt = 2000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class Search(Section):
+    index: Literal["flat", "hnsw", "ivfpq"] = "flat"
+    hnsw_m: PositiveInt = 32
+    hnsw_ef_search: PositiveInt = 128
+    ivf_nlist: PositiveInt = 1024
+    ivf_nprobe: PositiveInt = 32
+    pq_m: PositiveInt = 48
+    query_chunk: PositiveInt = 1024
+
+
+class Mine(Section):
+    top_k: PositiveInt = 50
+    eval_depth: PositiveInt = Field(1000, description="hits kept per dev/DL19 query for evaluation")
+
+
+class CrossEncoderCfg(Section):
+    name: str = Field(description="export name: <name>-scores.pkl.gz")
+    model: str
+    revision: str | None = None
+    max_length: PositiveInt = 512
+    batch_size: PositiveInt = 64
+    shard_size: PositiveInt = 20000
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    smoke: bool = False
+
+
+class Denoise(Section):
+    rule: Literal["absolute", "relative"] = "absolute"
+    margin: NonNegFloat = 3.0
+    relative: Annotated[float, Field(gt=0, le=1)] = 0.95
+
+
+class Export(Section):
+    negatives_per_system: PositiveInt = 1
+    systems: list[str] | Literal["all"] = "all"
+
+
+class Evaluate(Section):
+    recall_cutoffs: list[PositiveInt] = [10, 50, 100, 1000]
+    rerank_depth: PositiveInt = 1000
+    ce_rerank_depth: PositiveInt = 100
+
+
+class Remote(Section):
+    """The DVC remote that ``refresh`` pushes to and a second machine pulls from.
+
+    ``python -m tasks.remote configure`` writes it into ``.dvc/config`` as the default remote.
+    A relative ``url`` is a directory relative to the project root (the default, a sibling of
+    the checkout, is shared by every clone in the same parent directory); ``s3://``, ``gs://``
+    and ``azure://`` need DVC's extras (``pip install "dvc[s3]"``, ``dvc[gs]``, ``dvc[azure]``).
+    """
+
+    name: str = Field("store", pattern=r"^[A-Za-z0-9_-]+$", description="remote name in .dvc/config")
+    url: str = Field("../hardnegs-dvc-remote", min_length=1)
+
+
+class Orchestration(Section):
+    dask_address: str | None = Field(None, description="tcp://host:8786 to scale out; null = local")
+    local_workers: PositiveInt = Field(2, description="local processes for shard work; 1 = in-process")
+    remote: Remote = Remote()
+    check_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="per-request timeout of the refresh flow's upstream HEAD checks"
+    )
+
+
+# --------------------------------------------------------------------------- root
+class Config(Section):
+    profile: Literal["sample", "msmarco"]
+    seed: int = 13
+    paths: Paths
+    sources: dict[str, Source]
+    inputs: Inputs
+    download: Download = Download()
+    convert: Convert = Convert()
+    bm25: Bm25 = Bm25()
+    smoke_models: SmokeModels = SmokeModels()
+    systems: dict[str, DenseSystem]
+    encode: Encode = Encode()
+    search: Search = Search()
+    mine: Mine = Mine()
+    cross_encoder: CrossEncoderCfg
+    denoise: Denoise = Denoise()
+    export: Export = Export()
+    evaluate: Evaluate = Evaluate()
+    orchestration: Orchestration = Orchestration()
+
+    @model_validator(mode="after")
+    def _names(self) -> Config:
+        if "bm25" in self.systems:
+            raise ValueError("systems: 'bm25' is reserved for the BM25 system; rename the dense one")
+        for name in self.systems:
+            if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"systems: name {name!r} may hold only letters, digits, '-', '_', '.'")
+        return self
+
+    def path(self, key: str) -> Path:
+        """Absolute path of ``paths.<key>``."""
+        return ROOT / getattr(self.paths, key)
+
+    def input_path(self, key: str) -> Path:
+        """Absolute path of a logical input under ``paths.raw`` (``inputs.<key>``)."""
+        rel = getattr(self.inputs, key)
+        if rel is None:
+            raise ConfigError(f"params.yaml: inputs.{key} is not set for profile {self.profile!r}")
+        return ROOT / self.paths.raw / rel
+
+    def system(self, name: str) -> DenseSystem:
+        try:
+            return self.systems[name]
+        except KeyError:
+            raise ConfigError(
+                f"params.yaml: no system {name!r} under 'systems' (known: {', '.join(self.systems)})"
+            ) from None
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} invalid setting(s):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path = PARAMS) -> Config:
+    """Load and validate ``params.yaml``; raises :class:`ConfigError` naming each bad key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such params file (run 'python -m tasks.config use sample')")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+
+
+# --------------------------------------------------------------------------- composition
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _substitute(node: Any, profile: str) -> Any:
+    if isinstance(node, str):
+        return node.replace("{profile}", profile)
+    if isinstance(node, dict):
+        return {k: _substitute(v, profile) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, profile) for v in node]
+    return node
+
+
+HEADER = (
+    "# Generated by `python -m tasks.config use {profile}` from conf/base.yaml + "
+    "conf/profile/{profile}.yaml.\n"
+    "# Edit conf/ and re-run that command (or edit here for a one-off `dvc exp run -S`).\n"
+)
+
+
+def compose(profile: str, conf_dir: Path = CONF) -> str:
+    """Return the text of ``params.yaml`` for ``profile`` (validated)."""
+    prof_file = conf_dir / "profile" / f"{profile}.yaml"
+    if not prof_file.exists():
+        known = sorted(p.stem for p in (conf_dir / "profile").glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(known)}")
+    base = yaml.safe_load((conf_dir / "base.yaml").read_text(encoding="utf-8")) or {}
+    over = yaml.safe_load(prof_file.read_text(encoding="utf-8")) or {}
+    data = _substitute(_merge(base, over), profile)
+    data["profile"] = profile
+    try:
+        Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(prof_file, exc)) from None
+    ordered = {"profile": data.pop("profile"), **data}
+    return HEADER.format(profile=profile) + yaml.safe_dump(ordered, sort_keys=False, width=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.config",
+        description="Compose, validate and inspect params.yaml.",
+        epilog="example: python -m tasks.config use msmarco && dvc repro",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    use = sub.add_parser("use", help="write params.yaml for a profile (sample | msmarco)")
+    use.add_argument("profile")
+    use.add_argument("--output", type=Path, default=PARAMS)
+    chk = sub.add_parser("check", help="validate params.yaml and report the active profile")
+    chk.add_argument("--params", type=Path, default=PARAMS)
+    show = sub.add_parser("show", help="print one section of the validated config as YAML")
+    show.add_argument("section", nargs="?")
+    show.add_argument("--params", type=Path, default=PARAMS)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "use":
+            from tasks.io import write_text_atomic
+
+            text = compose(args.profile)
+            with write_text_atomic(args.output, gz=False) as fh:
+                fh.write(text)
+            sys.stderr.write(f"{args.output}: profile {args.profile}\n")
+        elif args.cmd == "check":
+            cfg = load_config(args.params)
+            sys.stderr.write(f"{args.params}: valid (profile {cfg.profile}, systems: {', '.join(cfg.systems)})\n")
+        else:
+            cfg = load_config(args.params)
+            dump = cfg.model_dump(mode="json")
+            if args.section:
+                if args.section not in dump:
+                    raise ConfigError(f"no section {args.section!r}; sections: {', '.join(dump)}")
+                dump = {args.section: dump[args.section]}
+            sys.stdout.write(yaml.safe_dump(dump, sort_keys=False))
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Typed records and the one reader/writer of each MS MARCO exchange format.
+
+Formats (kept exactly as users exchange them):
+
+- collection / queries: ``id \\t text`` per line (``collection.tsv``, ``queries.*.tsv``).
+- qrels: TREC ``qid 0 pid rel`` (tabs in MS MARCO's files, spaces in TREC DL's).
+- run: TREC ``qid Q0 pid rank score tag``.
+- hits: the per-system mining artifact, Parquet with columns
+  ``qid:int64, rank:int32, pid:int64, score:float32``, sorted by (qid, rank).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.io import DataError, atomic_path, iter_lines, write_text_atomic
+
+
+class Passage(NamedTuple):
+    pid: int
+    text: str
+
+
+class Query(NamedTuple):
+    qid: int
+    text: str
+
+
+class Qrel(NamedTuple):
+    qid: int
+    pid: int
+    rel: int
+
+
+class Hit(NamedTuple):
+    qid: int
+    pid: int
+    rank: int  # 1-based
+    score: float
+
+
+def _int(value: str, path: Path, lineno: int, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
+
+
+def _read_id_text(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+    path = Path(path)
+    seen: set[int] = set()
+    for lineno, line in iter_lines(path):
+        if not line:
+            continue
+        ident, sep, text = line.partition("\t")
+        if not sep:
+            raise DataError(f"{path}:{lineno}: expected '<{what}>\\t<text>', found no tab")
+        value = _int(ident, path, lineno, what)
+        if value in seen:
+            raise DataError(f"{path}:{lineno}: duplicate {what} {value}")
+        seen.add(value)
+        yield value, text
+
+
+def read_collection(path: str | Path) -> Iterator[Passage]:
+    """Passages of ``collection.tsv`` in file order. Duplicate or non-integer pids raise."""
+    for pid, text in _read_id_text(path, "pid"):
+        yield Passage(pid, text)
+
+
+def read_queries(path: str | Path) -> Iterator[Query]:
+    for qid, text in _read_id_text(path, "qid"):
+        yield Query(qid, text)
+
+
+def write_id_text(path: str | Path, rows: Iterable[tuple[int, str]]) -> None:
+    """Write ``id \\t text`` lines (collection or queries); tabs/newlines in text raise."""
+    with write_text_atomic(path) as fh:
+        for ident, text in rows:
+            if "\t" in text or "\n" in text:
+                raise DataError(f"{path}: text of id {ident} contains a tab or newline")
+            fh.write(f"{ident}\t{text}\n")
+
+
+def read_qrels(path: str | Path) -> Iterator[Qrel]:
+    """TREC qrels ``qid iter pid rel``; whitespace (tab or space) separated."""
+    path = Path(path)
+    for lineno, line in iter_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            raise DataError(f"{path}:{lineno}: expected 4 columns 'qid 0 pid rel', found {len(parts)}")
+        yield Qrel(
+            _int(parts[0], path, lineno, "qid"),
+            _int(parts[2], path, lineno, "pid"),
+            _int(parts[3], path, lineno, "relevance"),
+        )
+
+
+def qrels_by_query(qrels: Iterable[Qrel], min_rel: int = 1) -> dict[int, list[int]]:
+    """Positive pids per qid (relevance >= ``min_rel``), each list sorted, qids sorted."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for q in qrels:
+        if q.rel >= min_rel:
+            out[q.qid].add(q.pid)
+    return {qid: sorted(out[qid]) for qid in sorted(out)}
+
+
+def write_qrels(path: str | Path, qrels: Iterable[Qrel], sep: str = "\t") -> None:
+    with write_text_atomic(path) as fh:
+        for q in qrels:
+            fh.write(f"{q.qid}{sep}0{sep}{q.pid}{sep}{q.rel}\n")
+
+
+def write_run(path: str | Path, hits: Iterable[Hit], tag: str) -> None:
+    """TREC run file; scores printed with 6 decimals so the bytes are stable."""
+    with write_text_atomic(path) as fh:
+        for h in hits:
+            fh.write(f"{h.qid} Q0 {h.pid} {h.rank} {h.score:.6f} {tag}\n")
+
+
+def read_run(path: str | Path) -> Iterator[Hit]:
+    path = Path(path)
+    for lineno, line in iter_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 pid rank score tag'")
+        try:
+            score = float(parts[4])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+        yield Hit(
+            _int(parts[0], path, lineno, "qid"),
+            _int(parts[2], path, lineno, "pid"),
+            _int(parts[3], path, lineno, "rank"),
+            score,
+        )
+
+
+HITS_SCHEMA = pa.schema(
+    [("qid", pa.int64()), ("rank", pa.int32()), ("pid", pa.int64()), ("score", pa.float32())]
+)
+
+
+def hits_table(qids: np.ndarray, pids: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """Build a hits table from parallel arrays already in (qid, rank) order.
+
+    ``rank`` is derived: 1 for the first row of each qid, counting up.
+    """
+    qids = np.asarray(qids, dtype=np.int64)
+    if len(qids):
+        starts = np.r_[0, np.flatnonzero(np.diff(qids)) + 1]
+        lengths = np.diff(np.r_[starts, len(qids)])
+        ranks = np.arange(len(qids)) - np.repeat(starts, lengths) + 1
+    else:
+        ranks = np.zeros(0, dtype=np.int64)
+    return pa.table(
+        {
+            "qid": qids,
+            "rank": ranks.astype(np.int32),
+            "pid": np.asarray(pids, dtype=np.int64),
+            "score": np.asarray(scores, dtype=np.float32),
+        },
+        schema=HITS_SCHEMA,
+    )
+
+
+def write_hits(path: str | Path, table: pa.Table) -> None:
+    """Write a hits table as Parquet, atomically, with deterministic bytes."""
+    if table.schema != HITS_SCHEMA:
+        raise ValueError(f"hits table schema {table.schema} != {HITS_SCHEMA}")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=False)
+
+
+def read_hits(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such hits file; run the mining stage first")
+    table = pq.read_table(path)
+    missing = {"qid", "rank", "pid", "score"} - set(table.column_names)
+    if missing:
+        raise DataError(f"{path}: hits file lacks column(s) {sorted(missing)}")
+    return table.select(["qid", "rank", "pid", "score"]).cast(HITS_SCHEMA)
+
+
+def iter_hits(table: pa.Table) -> Iterator[Hit]:
+    cols = [table.column(c).to_numpy() for c in ("qid", "pid", "rank", "score")]
+    for qid, pid, rank, score in zip(*cols, strict=True):
+        yield Hit(int(qid), int(pid), int(rank), float(score))

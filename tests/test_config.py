@@ -1,0 +1,104 @@
+"""The typed config: validation errors name the key; profiles compose; dvc.yaml agrees."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ROOT, ConfigError, compose, load_config
+
+SEED_SYSTEMS = [
+    "msmarco-distilbert-base-tas-b", "msmarco-distilbert-base-v3", "msmarco-MiniLM-L-6-v3",
+    "distilbert-margin_mse-cls-dot-v2", "distilbert-margin_mse-cls-dot-v1",
+    "distilbert-margin_mse-mean-dot-v1", "mpnet-margin_mse-mean-v1", "co-condenser-margin_mse-cls-v1",
+    "distilbert-margin_mse-mnrl-mean-v1", "distilbert-margin_mse-sym_mnrl-mean-v1",
+    "distilbert-margin_mse-sym_mnrl-mean-v2", "co-condenser-margin_mse-sym_mnrl-mean-v1",
+]
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_committed_params_is_the_composed_sample_profile():
+    assert (ROOT / "params.yaml").read_text() == compose("sample")
+    cfg = load_config()
+    assert cfg.profile == "sample"
+    assert all(s.smoke for s in cfg.systems.values())
+
+
+def test_msmarco_profile_has_the_seed_systems_and_official_sources():
+    cfg_text = compose("msmarco")
+    data = yaml.safe_load(cfg_text)
+    assert list(data["systems"]) == SEED_SYSTEMS
+    assert data["cross_encoder"]["model"] == "cross-encoder/ms-marco-MiniLM-L-6-v2"
+    urls = [s["url"] for s in data["sources"].values()]
+    assert all("msmarco.blob.core.windows.net" not in u for u in urls)
+    assert data["sources"]["collectionandqueries"]["md5"] == "31644046b18952c1386cd4564ba2ae69"
+    assert data["paths"]["raw"] == "data/msmarco/raw"
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, lambda d: d["bm25"].update(k11=1.0))
+    with pytest.raises(ConfigError, match=r"bm25\.k11: unknown key"):
+        load_config(path)
+
+
+def test_bad_value_lists_allowed_values(tmp_path):
+    path = _write(tmp_path, lambda d: d["bm25"].update(backend="solr"))
+    with pytest.raises(ConfigError, match=r"bm25\.backend: .*'embedded' or 'elasticsearch'"):
+        load_config(path)
+
+
+def test_bad_md5_and_url_are_named(tmp_path):
+    def mutate(d):
+        d["sources"]["dl19_qrels"]["md5"] = "xyz"
+        d["sources"]["qa_dev"]["url"] = "ftp://example.org/x"
+
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, mutate))
+    assert "sources.dl19_qrels.md5" in str(err.value)
+    assert "sources.qa_dev.url" in str(err.value)
+
+
+def test_missing_file_and_unknown_profile(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="unknown profile 'tiny'; known: msmarco, sample"):
+        compose("tiny")
+
+
+def test_reserved_system_name(tmp_path):
+    path = _write(tmp_path, lambda d: d["systems"].update(bm25={"model": None, "score": "dot"}))
+    with pytest.raises(ConfigError, match="reserved"):
+        load_config(path)
+
+
+def test_dvc_yaml_agrees_with_config():
+    """Every interpolated key exists, every cmd module exists, every deps script exists."""
+    cfg = load_config()
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    text = (ROOT / "dvc.yaml").read_text()
+    for ref in set(re.findall(r"\$\{([a-z_.]+)\}", text)) - {"key", "item"}:
+        node = cfg.model_dump()
+        for part in ref.split("."):
+            assert part in node, f"dvc.yaml uses ${{{ref}}} but params has no {part!r}"
+            node = node[part]
+    for name, stage in dvc["stages"].items():
+        body = stage.get("do", stage)
+        module = re.search(r"python -m (tasks\.[a-z_0-9]+)", body["cmd"])
+        assert module, f"stage {name}: cmd must be `python -m tasks.<stage>`"
+        assert (ROOT / (module.group(1).replace(".", "/") + ".py")).exists(), name
+        for dep in body.get("deps", []):
+            if dep.startswith(("tasks/", "flows/")):
+                assert (ROOT / dep).exists(), f"stage {name}: dep {dep} does not exist"
+    assert "${sources}" in dvc["stages"]["download"]["foreach"]
+    assert dvc["stages"]["encode"]["foreach"] == "${systems}"
+    assert dvc["stages"]["mine"]["foreach"] == "${systems}"

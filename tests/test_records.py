@@ -1,0 +1,68 @@
+"""Readers of the exchange formats reject bad rows with file:line; writers round-trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.io import DataError
+from tasks.records import (
+    Hit,
+    Qrel,
+    hits_table,
+    iter_hits,
+    qrels_by_query,
+    read_collection,
+    read_hits,
+    read_qrels,
+    read_run,
+    write_hits,
+    write_qrels,
+    write_run,
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("1\ta\nx2\tb\n", r"c\.tsv:2: pid 'x2' is not an integer"),
+        ("1\ta\n1\tb\n", r"c\.tsv:2: duplicate pid 1"),
+        ("1 a\n", r"c\.tsv:1: expected '<pid>\\t<text>'"),
+    ],
+)
+def test_collection_errors_name_the_line(tmp_path, content, message):
+    (tmp_path / "c.tsv").write_text(content)
+    with pytest.raises(DataError, match=message):
+        list(read_collection(tmp_path / "c.tsv"))
+
+
+def test_qrels_both_separators_and_errors(tmp_path):
+    (tmp_path / "q.tsv").write_text("1\t0\t10\t1\n1 0 11 2\n2\t0\t10\t0\n")
+    qrels = list(read_qrels(tmp_path / "q.tsv"))
+    assert qrels == [Qrel(1, 10, 1), Qrel(1, 11, 2), Qrel(2, 10, 0)]
+    assert qrels_by_query(qrels) == {1: [10, 11]}
+    assert qrels_by_query(qrels, min_rel=2) == {1: [11]}
+    write_qrels(tmp_path / "w.tsv", qrels)
+    assert list(read_qrels(tmp_path / "w.tsv")) == qrels
+    (tmp_path / "bad.tsv").write_text("1 0 10\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:1: expected 4 columns"):
+        list(read_qrels(tmp_path / "bad.tsv"))
+
+
+def test_run_roundtrip(tmp_path):
+    hits = [Hit(1, 10, 1, 3.5), Hit(1, 11, 2, 1.25)]
+    write_run(tmp_path / "r.trec", hits, "bm25")
+    assert (tmp_path / "r.trec").read_text().splitlines()[0] == "1 Q0 10 1 3.500000 bm25"
+    assert list(read_run(tmp_path / "r.trec")) == hits
+
+
+def test_hits_table_ranks_and_parquet_roundtrip(tmp_path):
+    table = hits_table([5, 5, 5, 7, 9, 9], [1, 2, 3, 4, 5, 6], [3.0, 2.0, 1.0, 9.0, 2.0, 1.0])
+    assert table.column("rank").to_pylist() == [1, 2, 3, 1, 1, 2]
+    write_hits(tmp_path / "h.parquet", table)
+    first = (tmp_path / "h.parquet").read_bytes()
+    write_hits(tmp_path / "h.parquet", table)
+    assert (tmp_path / "h.parquet").read_bytes() == first
+    back = read_hits(tmp_path / "h.parquet")
+    assert back.equals(table)
+    assert list(iter_hits(back))[3] == Hit(7, 4, 1, 9.0)
+    assert hits_table([], [], []).num_rows == 0
