@@ -47,7 +47,7 @@ def stage_order(root: Path = ROOT, targets: list[str] | None = None) -> list[str
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        names = {stage: stage.addressing for stage in graph.nodes}
+        names = {stage: stage.name for stage in graph.nodes}  # one dvc.yaml, at the root
         order_graph = nx.relabel_nodes(graph, names).reverse(copy=True)
     if targets:
         unknown = sorted(set(targets) - set(order_graph.nodes))
@@ -64,9 +64,7 @@ def run_dvc(args: list[str], root: Path = ROOT) -> subprocess.CompletedProcess[s
     """Run a DVC command in ``root``; raise with DVC's own output when it fails."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(
-        [dvc_bin(), *args], cwd=root, env=env, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([dvc_bin(), *args], cwd=root, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(
             f"`dvc {' '.join(args)}` failed with exit code {proc.returncode}:\n"
@@ -117,6 +115,7 @@ def evaluation_markdown(root: Path, params: Path) -> str:
     if not metrics_file.exists():
         return ""
     from tasks.evaluate import report_markdown
+
     from tasks.io import read_json
 
     return report_markdown(read_json(metrics_file))

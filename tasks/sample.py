@@ -30,7 +30,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.io import atomic_path, write_bytes_atomic
+from tasks.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ ASPECTS: dict[str, dict[str, tuple[list[str], list[str], str]]] = {
         "depth": (
             ["how deep is {n}", "{n} depth", "what is the maximum depth of {n}"],
             [
-                "The maximum depth of {n} is {num} meters, which makes it one of the deepest lakes in the {r} region.",
+                "The maximum depth of {n} is {num} meters, which makes it one of the deepest lakes"
+                " in the {r} region.",
                 "Surveys measured the average depth of {n} at about {num2} meters.",
             ],
             "NUMERIC",
@@ -54,7 +55,8 @@ ASPECTS: dict[str, dict[str, tuple[list[str], list[str], str]]] = {
         "fish": (
             ["what fish live in {n}", "{n} fishing species", "which fish can you catch in {n}"],
             [
-                "Anglers visit {n} to catch trout, perch and pike, the most common fish species in its waters.",
+                "Anglers visit {n} to catch trout, perch and pike, the most common fish species"
+                " in its waters.",
                 "Fishing in {n} is regulated and a license is required for every angler.",
             ],
             "ENTITY",
@@ -106,7 +108,8 @@ ASPECTS: dict[str, dict[str, tuple[list[str], list[str], str]]] = {
         "treatment": (
             ["how is {n} treated", "{n} treatment", "what medication treats {n}"],
             [
-                "Treatment of {n} usually involves rest, fluids and an antiviral medication prescribed by a doctor.",
+                "Treatment of {n} usually involves rest, fluids and an antiviral medication"
+                " prescribed by a doctor.",
                 "Doctors treat severe cases of {n} in hospital with oxygen therapy.",
             ],
             "DESCRIPTION",
@@ -174,10 +177,48 @@ ASPECTS: dict[str, dict[str, tuple[list[str], list[str], str]]] = {
     },
 }
 
-SYLLABLES = ["ka", "lo", "ve", "ri", "mon", "tar", "sel", "du", "vin", "bra", "nor", "che", "ul", "mi",
-             "gan", "pes", "tor", "ala", "ken", "zu", "fel", "rho", "dra", "quin", "os", "ber", "lia", "mar"]
-PEOPLE = ["Anna Berg", "Luis Ortega", "Mei Tanaka", "Omar Haddad", "Sara Nilsen", "Ivan Petrov",
-          "Grace Mensah", "Tom Keller", "Priya Rao", "Elena Rossi"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "ve",
+    "ri",
+    "mon",
+    "tar",
+    "sel",
+    "du",
+    "vin",
+    "bra",
+    "nor",
+    "che",
+    "ul",
+    "mi",
+    "gan",
+    "pes",
+    "tor",
+    "ala",
+    "ken",
+    "zu",
+    "fel",
+    "rho",
+    "dra",
+    "quin",
+    "os",
+    "ber",
+    "lia",
+    "mar",
+]
+PEOPLE = [
+    "Anna Berg",
+    "Luis Ortega",
+    "Mei Tanaka",
+    "Omar Haddad",
+    "Sara Nilsen",
+    "Ivan Petrov",
+    "Grace Mensah",
+    "Tom Keller",
+    "Priya Rao",
+    "Elena Rossi",
+]
 FILLER = [
     "Visitors often describe it as a remarkable place to learn about the region.",
     "Local guides offer tours throughout the year.",
@@ -236,7 +277,10 @@ def generate_docs(n_entities: int, seed: int) -> list[Doc]:
     rng.shuffle(docs)
     # pids are sparse and unordered in MS MARCO; keep them integers with gaps.
     pids = rng.sample(range(10, 10 * len(docs) + 10), len(docs))
-    return [Doc(pid, d.entity, d.etype, d.aspect, d.name, d.text, d.answer) for pid, d in zip(pids, docs)]
+    return [
+        Doc(pid, d.entity, d.etype, d.aspect, d.name, d.text, d.answer)
+        for pid, d in zip(pids, docs, strict=True)
+    ]
 
 
 def _query(doc: Doc, rng: random.Random) -> str:
@@ -283,8 +327,9 @@ def _qa_json(rows: list[dict[str, object]]) -> bytes:
     return text.replace("/", "\\/").encode("utf-8")  # pandas escapes '/' like the official files
 
 
-def _qa_rows(docs: list[Doc], by_entity: dict[int, list[Doc]], n: int, qid0: int,
-             rng: random.Random) -> list[dict[str, object]]:
+def _qa_rows(
+    docs: list[Doc], by_entity: dict[int, list[Doc]], n: int, qid0: int, rng: random.Random
+) -> list[dict[str, object]]:
     rows = []
     by_type: dict[str, list[Doc]] = {}
     for d in docs:
@@ -310,14 +355,16 @@ def _qa_rows(docs: list[Doc], by_entity: dict[int, list[Doc]], n: int, qid0: int
         answers = ["No Answer Present."] if no_answer else [doc.answer]
         if not no_answer and rng.random() < 0.05:
             answers = [doc.answer, doc.answer.split(",")[0] + "."]
-        rows.append({
-            "answers": answers,
-            "passages": passages,
-            "query": _query(doc, rng),
-            "query_id": qid0 + i,
-            "query_type": ASPECTS[doc.etype][doc.aspect][2],
-            "wellFormedAnswers": well_formed,
-        })
+        rows.append(
+            {
+                "answers": answers,
+                "passages": passages,
+                "query": _query(doc, rng),
+                "query_id": qid0 + i,
+                "query_type": ASPECTS[doc.etype][doc.aspect][2],
+                "wellFormedAnswers": well_formed,
+            }
+        )
     return rows
 
 
@@ -340,15 +387,15 @@ def build(seed: int = 20261122, n_entities: int = 1000) -> dict[str, bytes]:
     # Train: 1,000 of 1,100 queries have qrels (MS MARCO has train queries without qrels);
     # a few have two positives (another passage of the same entity).
     qrels_train: list[tuple[int, int, int]] = []
-    for (qid, _), d in list(zip(train_q, train_docs))[:1000]:
+    for (qid, _), d in list(zip(train_q, train_docs, strict=True))[:1000]:
         qrels_train.append((qid, d.pid, 1))
         if rng.random() < 0.05:
             other = next(o for o in by_entity[d.entity] if o.pid != d.pid)
             qrels_train.append((qid, other.pid, 1))
-    qrels_dev = [(qid, d.pid, 1) for (qid, _), d in zip(dev_q, dev_docs)]
+    qrels_dev = [(qid, d.pid, 1) for (qid, _), d in zip(dev_q, dev_docs, strict=True)]
     # DL19-style: 43 of 50 queries judged, graded: 3 answer, 2 same entity, 1 same aspect, 0 other.
     qrels_dl: list[tuple[int, int, int]] = []
-    for (qid, _), d in list(zip(dl_q, dl_docs))[:43]:
+    for (qid, _), d in list(zip(dl_q, dl_docs, strict=True))[:43]:
         judged = {d.pid: 3}
         for o in by_entity[d.entity]:
             judged.setdefault(o.pid, 2)
@@ -360,13 +407,15 @@ def build(seed: int = 20261122, n_entities: int = 1000) -> dict[str, bytes]:
         qrels_dl.extend((qid, pid, rel) for pid, rel in sorted(judged.items()))
 
     files = {
-        "collectionandqueries.tar.gz": _tar_gz({
-            "collection.tsv": _tsv(collection),
-            "queries.train.tsv": _tsv(train_q),
-            "qrels.train.tsv": _qrels(qrels_train, "\t"),
-            "queries.dev.small.tsv": _tsv(dev_q),
-            "qrels.dev.small.tsv": _qrels(qrels_dev, "\t"),
-        }),
+        "collectionandqueries.tar.gz": _tar_gz(
+            {
+                "collection.tsv": _tsv(collection),
+                "queries.train.tsv": _tsv(train_q),
+                "qrels.train.tsv": _qrels(qrels_train, "\t"),
+                "queries.dev.small.tsv": _tsv(dev_q),
+                "qrels.dev.small.tsv": _qrels(qrels_dev, "\t"),
+            }
+        ),
         "msmarco-test2019-queries.tsv.gz": _gzip(_tsv(dl_q)),
         "2019qrels-pass.txt": _qrels(qrels_dl, " "),
         "train_v2.1.json.gz": _gzip(_qa_json(_qa_rows(docs, by_entity, 400, 2000000, rng))),
@@ -422,8 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.check:
         files = build()
-        bad = [f for f, data in files.items()
-               if not (args.out / f).exists() or (args.out / f).read_bytes() != data]
+        bad = [
+            f
+            for f, data in files.items()
+            if not (args.out / f).exists() or (args.out / f).read_bytes() != data
+        ]
         if bad:
             sys.stderr.write(f"error: {args.out}: differs from the generator: {', '.join(bad)}\n")
             return 1

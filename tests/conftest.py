@@ -36,9 +36,10 @@ def sample_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("sample-raw")
     with tarfile.open(SAMPLE / "collectionandqueries.tar.gz") as tar:
         tar.extractall(out, filter="data")
-    with gzip.open(SAMPLE / "msmarco-test2019-queries.tsv.gz", "rb") as src, open(
-        out / "msmarco-test2019-queries.tsv", "wb"
-    ) as dst:
+    with (
+        gzip.open(SAMPLE / "msmarco-test2019-queries.tsv.gz", "rb") as src,
+        open(out / "msmarco-test2019-queries.tsv", "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
     return {
         "collection": out / "collection.tsv",

@@ -11,11 +11,18 @@ import yaml
 from tasks.config import ROOT, ConfigError, compose, load_config
 
 SEED_SYSTEMS = [
-    "msmarco-distilbert-base-tas-b", "msmarco-distilbert-base-v3", "msmarco-MiniLM-L-6-v3",
-    "distilbert-margin_mse-cls-dot-v2", "distilbert-margin_mse-cls-dot-v1",
-    "distilbert-margin_mse-mean-dot-v1", "mpnet-margin_mse-mean-v1", "co-condenser-margin_mse-cls-v1",
-    "distilbert-margin_mse-mnrl-mean-v1", "distilbert-margin_mse-sym_mnrl-mean-v1",
-    "distilbert-margin_mse-sym_mnrl-mean-v2", "co-condenser-margin_mse-sym_mnrl-mean-v1",
+    "msmarco-distilbert-base-tas-b",
+    "msmarco-distilbert-base-v3",
+    "msmarco-MiniLM-L-6-v3",
+    "distilbert-margin_mse-cls-dot-v2",
+    "distilbert-margin_mse-cls-dot-v1",
+    "distilbert-margin_mse-mean-dot-v1",
+    "mpnet-margin_mse-mean-v1",
+    "co-condenser-margin_mse-cls-v1",
+    "distilbert-margin_mse-mnrl-mean-v1",
+    "distilbert-margin_mse-sym_mnrl-mean-v1",
+    "distilbert-margin_mse-sym_mnrl-mean-v2",
+    "co-condenser-margin_mse-sym_mnrl-mean-v1",
 ]
 
 
