@@ -115,7 +115,6 @@ def evaluation_markdown(root: Path, params: Path) -> str:
     if not metrics_file.exists():
         return ""
     from tasks.evaluate import report_markdown
-
     from tasks.io import read_json
 
     return report_markdown(read_json(metrics_file))

@@ -100,16 +100,40 @@ class Inputs(Section):
 
 
 class Download(Section):
-    retries: Annotated[int, Field(ge=0)] = 5
-    backoff_s: NonNegFloat = 1.0
-    backoff_max_s: NonNegFloat = 60.0
-    stall_timeout_s: Annotated[float, Field(gt=0)] = 60.0
-    chunk_bytes: PositiveInt = 1 << 20
+    """How the download stage talks to servers (not what it fetches: that is ``sources``).
+
+    Changing these never changes a downloaded file, so the DVC stage does not list them.
+    """
+
+    retries: Annotated[int, Field(ge=0)] = Field(5, description="retries after the first attempt")
+    backoff_s: NonNegFloat = Field(1.0, description="first retry delay; doubles per retry, with jitter")
+    backoff_max_s: NonNegFloat = Field(60.0, description="cap on one retry delay (and on Retry-After)")
+    stall_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="seconds without a byte (or to connect) before the attempt is retried"
+    )
+    chunk_bytes: PositiveInt = Field(1 << 20, description="read size when copying file: sources")
 
 
 # --------------------------------------------------------------------------- stages
 class Convert(Section):
+    """QA v2.1 conversion (``tasks.convert``): which splits, and where the column spills go."""
+
     splits: list[str] = Field(["train", "dev"], description="QA splits converted (keys qa_<split>)")
+    tmp_dir: str | None = Field(
+        None,
+        description="scratch directory for column spills (about the uncompressed input size); "
+        "null = next to the outputs under paths.qa",
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: list[str]) -> list[str]:
+        for split in v:
+            if split not in ("train", "dev"):
+                raise ValueError(f"unknown split {split!r}: each needs an inputs.qa_<split> (train, dev)")
+        if len(set(v)) != len(v):
+            raise ValueError("splits must not repeat")
+        return v
 
 
 class Elasticsearch(Section):
@@ -126,11 +150,18 @@ class Elasticsearch(Section):
 
 
 class Bm25(Section):
+    """Lucene BM25 (Elasticsearch's defaults k1=1.2, b=0.75). The embedded engine (tantivy) has
+    these constants built in; other k1/b re-score its top ``rescore_depth`` candidates exactly."""
+
     backend: Literal["embedded", "elasticsearch"] = "embedded"
     k1: NonNegFloat = 1.2
     b: Annotated[float, Field(ge=0, le=1)] = 0.75
-    analyzer: Literal["english", "standard"] = "english"
-    threads: PositiveInt = 2
+    analyzer: Literal["english", "standard"] = Field(
+        "english", description="english: lowercase+stopwords+stemming; standard: lowercase tokens"
+    )
+    threads: PositiveInt = Field(2, description="indexing threads and query worker processes")
+    rescore_depth: PositiveInt = Field(1000, description="embedded, k1/b not 1.2/0.75: candidates re-scored")
+    query_batch: PositiveInt = Field(256, description="queries per work unit sent to a worker")
     elasticsearch: Elasticsearch = Elasticsearch()
 
 
@@ -143,7 +174,9 @@ class SmokeModels(Section):
     heads: PositiveInt = 2
     intermediate_size: PositiveInt = 128
     max_seq_length: PositiveInt = Field(128, description="tokenizer/model max length of the smoke models")
-    vocab_passages: PositiveInt = Field(50000, description="the vocabulary is trained on the first N passages")
+    vocab_passages: PositiveInt = Field(
+        50000, description="the vocabulary is trained on the first N passages"
+    )
 
 
 class DenseSystem(Section):
@@ -179,33 +212,58 @@ class Mine(Section):
 
 
 class CrossEncoderCfg(Section):
+    """The cross-encoder of the ``score`` and ``ce_rerank`` stages (raw logits are stored)."""
+
     name: str = Field(description="export name: <name>-scores.pkl.gz")
-    model: str
-    revision: str | None = None
-    max_length: PositiveInt = 512
-    batch_size: PositiveInt = 64
-    shard_size: PositiveInt = 20000
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    model: str = Field(description="hub id or a path relative to the project root")
+    revision: str | None = Field(None, description="hub commit to pin; null for local paths")
+    max_length: PositiveInt = Field(512, description="tokens per (query, passage) pair; longer is truncated")
+    batch_size: PositiveInt = Field(64, description="pairs per forward pass (batches are length-bucketed)")
+    shard_size: PositiveInt = Field(
+        20000, description="pairs per resumable shard; bounds memory per worker and work lost to a kill"
+    )
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        "torch", description="onnx/openvino: CPU only, need the sentence-transformers[onnx|openvino] extra"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    smoke: bool = False
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 (fp16 without bf16) on CUDA, bf16 on CPUs with AMX/avx512_bf16, else fp32",
+    )
+    smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
 
 
 class Denoise(Section):
-    rule: Literal["absolute", "relative"] = "absolute"
-    margin: NonNegFloat = 3.0
-    relative: Annotated[float, Field(gt=0, le=1)] = 0.95
+    """Drop negatives the cross-encoder scores too close to the query's weakest positive."""
+
+    rule: Literal["absolute", "relative"] = Field(
+        "absolute", description="absolute: keep CE(neg) <= min CE(pos) - margin; relative: TopK-PercPos"
+    )
+    margin: NonNegFloat = Field(
+        3.0, description="absolute rule: logit margin (sentence-transformers used 3.0)"
+    )
+    relative: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.95, description="relative rule: keep CE(neg) <= min CE(pos) - (1 - relative) * |min CE(pos)|"
+    )
 
 
 class Export(Section):
-    negatives_per_system: PositiveInt = 1
-    systems: list[str] | Literal["all"] = "all"
+    """Training-ready Parquet exports (triplets, MarginMSE rows)."""
+
+    negatives_per_system: PositiveInt = Field(1, description="negatives drawn per system and query")
+    systems: list[str] | Literal["all"] = Field("all", description="systems to draw from; all = every one")
 
 
 class Evaluate(Section):
-    recall_cutoffs: list[PositiveInt] = [10, 50, 100, 1000]
+    """MRR@10 and NDCG@10 keep their official cut-offs; these are the knobs around them."""
+
+    recall_cutoffs: list[PositiveInt] = Field([10, 50, 100, 1000], description="Recall@k in retrieval.json")
     rerank_depth: PositiveInt = 1000
     ce_rerank_depth: PositiveInt = 100
+    curve_cutoffs: list[PositiveInt] = Field(
+        [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], description="k values of the recall@k curves (plots)"
+    )
+    score_bins: PositiveInt = Field(50, description="histogram bins of cross-encoder scores (pos vs neg)")
 
 
 class Remote(Section):
@@ -380,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"{args.output}: profile {args.profile}\n")
         elif args.cmd == "check":
             cfg = load_config(args.params)
-            sys.stderr.write(f"{args.params}: valid (profile {cfg.profile}, systems: {', '.join(cfg.systems)})\n")
+            sys.stderr.write(
+                f"{args.params}: valid (profile {cfg.profile}, systems: {', '.join(cfg.systems)})\n"
+            )
         else:
             cfg = load_config(args.params)
             dump = cfg.model_dump(mode="json")

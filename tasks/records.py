@@ -198,3 +198,78 @@ def iter_hits(table: pa.Table) -> Iterator[Hit]:
     cols = [table.column(c).to_numpy() for c in ("qid", "pid", "rank", "score")]
     for qid, pid, rank, score in zip(*cols, strict=True):
         yield Hit(int(qid), int(pid), int(rank), float(score))
+
+
+# =========================================================================== hard negatives
+# (owned by the dense-retrieval / merge area; the one reader and writer of
+# msmarco-hard-negatives.jsonl(.gz), ours and the published file alike)
+
+
+class HardNegatives(NamedTuple):
+    """One line of ``msmarco-hard-negatives.jsonl.gz``: a training query, its positives, and
+    per system (``bm25``, dense model names) the mined negatives in rank order."""
+
+    qid: int
+    pos: list[int]
+    neg: dict[str, list[int]]
+
+
+def _int_list(value: object, path: Path, lineno: int, key: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise DataError(f"{path}:{lineno}: {key!r} must be a list of integers")
+    return list(value)
+
+
+def read_hard_negatives(path: str | Path) -> Iterator[HardNegatives]:
+    """Records of a hard-negatives JSONL file (gzip or not), ours or the published one.
+
+    Each line must be ``{"qid": int, "pos": [int...], "neg": {system: [int...]}}``; anything
+    else raises :class:`DataError` naming the line. Order and systems are kept as in the file.
+    """
+    import json
+
+    path = Path(path)
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not {"qid", "pos", "neg"} <= set(obj):
+            raise DataError(f"{path}:{lineno}: expected an object with keys qid, pos, neg")
+        qid = obj["qid"]
+        if isinstance(qid, str) and qid.isdigit():
+            qid = int(qid)
+        if not isinstance(qid, int) or isinstance(qid, bool):
+            raise DataError(f"{path}:{lineno}: 'qid' {obj['qid']!r} is not an integer")
+        neg = obj["neg"]
+        if not isinstance(neg, dict):
+            raise DataError(f"{path}:{lineno}: 'neg' must map system names to lists of pids")
+        yield HardNegatives(
+            qid,
+            _int_list(obj["pos"], path, lineno, "pos"),
+            {str(s): _int_list(v, path, lineno, f"neg.{s}") for s, v in neg.items()},
+        )
+
+
+def write_hard_negatives(path: str | Path, records: Iterable[HardNegatives]) -> int:
+    """Write records in the published format (keys qid, pos, neg; gzip mtime 0 for ``.gz``).
+
+    Records must come in strictly increasing qid order (raises ``ValueError`` otherwise).
+    Returns the number of lines written.
+    """
+    import json
+
+    n = 0
+    last: int | None = None
+    with write_text_atomic(path) as fh:
+        for rec in records:
+            if last is not None and rec.qid <= last:
+                raise ValueError(f"{path}: records must be in increasing qid order ({rec.qid} after {last})")
+            last = rec.qid
+            obj = {"qid": int(rec.qid), "pos": [int(p) for p in rec.pos],
+                   "neg": {s: [int(p) for p in pids] for s, pids in rec.neg.items()}}  # fmt: skip
+            fh.write(json.dumps(obj) + "\n")
+            n += 1
+    return n

@@ -21,7 +21,8 @@ MINI_DVC = {
         "second": {
             "foreach": ["x", "y"],
             "do": {
-                "cmd": f"{sys.executable} -c \"open('${{item}}.txt','w').write(open('a.txt').read()+'${{item}}')\"",
+                "cmd": f"{sys.executable} -c \"open('${{item}}.txt','w')"
+                ".write(open('a.txt').read()+'${item}')\"",
                 "deps": ["a.txt"],
                 "outs": ["${item}.txt"],
             },
@@ -49,7 +50,8 @@ def test_stage_order_is_topological_and_deterministic(mini_project):
 
 def test_flow_runs_then_is_a_noop_and_publishes_a_summary(prefect_harness, mini_project):
     first = pipeline(stages=["second@x", "second@y"], root=str(mini_project))
-    assert [(r["stage"], r["ran"]) for r in first] == [("first", True), ("second@x", True), ("second@y", True)]
+    ran = [(r["stage"], r["ran"]) for r in first]
+    assert ran == [("first", True), ("second@x", True), ("second@y", True)]
     assert (mini_project / "y.txt").read_text() == "ay"
     again = pipeline(stages=["second@x", "second@y"], root=str(mini_project))
     assert not any(r["ran"] for r in again)

@@ -1,0 +1,231 @@
+"""Stage bm25_mine: BM25 hard negatives for every training query, and BM25 evaluation runs.
+
+- ``paths.negatives/bm25.parquet``: for each training query (in ``queries_train`` and with a
+  positive in ``qrels_train``), the top ``mine.top_k`` passages with positives removed
+  (hits format: qid, rank, pid, score; score descending, ties by pid ascending).
+- ``paths.runs/bm25/dev.full.trec`` and ``dl19.full.trec``: full retrieval to
+  ``mine.eval_depth`` for ``queries_dev`` / ``queries_dl19``; positives are kept (evaluation).
+- ``paths.metrics/bm25_mine.json``: query counts, queries that analysed to nothing (they get no
+  hits and are counted, not failed), qrels rows whose pid is not in the collection (counted and
+  logged: such a positive can never be retrieved), qrels qids without query text, queries/s.
+
+Queries are searched by ``bm25.threads`` worker processes (threads for Elasticsearch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tasks.bm25_backends import Ranked, Searcher, load_pids, open_backend
+from tasks.config import Bm25, ConfigError, Mine, load_config
+from tasks.io import DataError, write_json
+from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run
+
+log = logging.getLogger(__name__)
+
+TAG = "bm25"
+_WORKER: Searcher | None = None
+
+
+def _init_worker(index_dir: Path, params: Bm25) -> None:
+    global _WORKER
+    _WORKER = open_backend(index_dir, params)
+
+
+def _work(task: tuple[list[str], int]) -> list[Ranked]:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.search(*task)
+
+
+class QueryPool:
+    """``bm25.threads`` searchers opened once and reused for every query set of the stage."""
+
+    def __init__(self, index_dir: Path, params: Bm25) -> None:
+        self.params = params
+        self.searcher: Searcher | None = None
+        self.pool: Executor | None = None
+        if params.threads == 1:
+            self.searcher = open_backend(index_dir, params)
+        elif params.backend == "embedded":  # tantivy holds the GIL while searching: processes
+            self.pool = ProcessPoolExecutor(
+                params.threads, get_context("spawn"), initializer=_init_worker, initargs=(index_dir, params)
+            )
+        else:  # the cluster does the work: threads are enough
+            self.pool = ThreadPoolExecutor(
+                params.threads, initializer=_init_worker, initargs=(index_dir, params)
+            )
+
+    def __enter__(self) -> QueryPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.searcher is not None:
+            self.searcher.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def search(self, texts: Sequence[str], k: int, desc: str) -> list[Ranked]:
+        """Top ``k`` for every text, in input order, with a progress bar (queries/s)."""
+        step = self.params.query_batch
+        tasks = [(list(texts[i : i + step]), k) for i in range(0, len(texts), step)]
+        out: list[Ranked] = []
+        with tqdm(total=len(texts), desc=desc, unit="q", mininterval=2) as bar:
+            if self.searcher is not None:
+                results = (self.searcher.search(*task) for task in tasks)
+            else:
+                assert self.pool is not None
+                results = self.pool.map(_work, tasks)
+            for task, res in zip(tasks, results, strict=True):
+                out.extend(res)
+                bar.update(len(task[0]))
+        return out
+
+
+def search_all(index_dir: Path, params: Bm25, texts: Sequence[str], k: int, desc: str) -> list[Ranked]:
+    """One-shot :class:`QueryPool` search (benchmarks, small callers)."""
+    with QueryPool(index_dir, params) as pool:
+        return pool.search(texts, k, desc)
+
+
+def _qrels_report(path: Path, positives: dict[int, list[int]], pids: np.ndarray) -> int:
+    all_pos = np.fromiter((p for ps in positives.values() for p in ps), dtype=np.int64)
+    unknown = int((~np.isin(all_pos, pids)).sum())
+    if unknown:
+        log.warning("%s: %d positive(s) name pids absent from the collection (counted, kept)", path, unknown)
+    return unknown
+
+
+def run(
+    index_dir: Path,
+    queries_train: Path,
+    qrels_train: Path,
+    eval_queries: dict[str, Path],
+    negatives_out: Path,
+    runs_dir: Path,
+    summary_out: Path,
+    params: Bm25,
+    mine: Mine,
+) -> dict:
+    """Mine BM25 negatives for the training queries and write the eval runs; returns the summary."""
+    index_dir = Path(index_dir)
+    pids = load_pids(index_dir)
+    positives = qrels_by_query(read_qrels(qrels_train))
+    if not positives:
+        raise DataError(f"{qrels_train}: no positive qrels; nothing to mine")
+    queries = {q.qid: q.text for q in read_queries(queries_train)}
+    train = sorted(set(queries) & set(positives))
+    missing_text = len(set(positives) - set(queries))
+    if missing_text:
+        log.warning(
+            "%s: %d qrels qid(s) have no query text in %s (skipped)", qrels_train, missing_text, queries_train
+        )
+    if not train:
+        raise DataError(
+            f"{queries_train}: no query has qrels in {qrels_train}; check the two files belong together"
+        )
+    summary: dict = {
+        "train_queries": len(train),
+        "qrels_unknown_pids": _qrels_report(Path(qrels_train), positives, pids),
+        "qrels_qids_without_text": missing_text,
+    }
+
+    with QueryPool(index_dir, params) as pool:
+        _mine(pool, train, queries, positives, negatives_out, summary, mine)
+        for name, path in sorted(eval_queries.items()):
+            summary[name] = _eval_run(pool, name, path, Path(runs_dir), mine)
+    write_json(summary_out, summary)
+    return summary
+
+
+def _mine(
+    pool: QueryPool,
+    train: list[int],
+    queries: dict[int, str],
+    positives: dict[int, list[int]],
+    negatives_out: Path,
+    summary: dict,
+    mine: Mine,
+) -> None:
+    start = time.perf_counter()
+    max_pos = max(len(positives[q]) for q in train)
+    ranked = pool.search([queries[q] for q in train], mine.top_k + max_pos, "bm25 mine")
+    secs = time.perf_counter() - start
+    qids_col, pids_col, scores_col = [], [], []
+    empty = 0
+    for qid, hits in zip(train, ranked, strict=True):
+        pos = set(positives[qid])
+        kept = [h for h in hits if h[0] not in pos][: mine.top_k]
+        empty += not hits
+        qids_col.extend([qid] * len(kept))
+        pids_col.extend(p for p, _ in kept)
+        scores_col.extend(s for _, s in kept)
+    write_hits(
+        negatives_out,
+        hits_table(np.array(qids_col, dtype=np.int64), np.array(pids_col), np.array(scores_col)),
+    )
+    summary.update(
+        train_empty_result=empty, train_hits=len(qids_col), train_queries_per_s=round(len(train) / secs, 1)
+    )
+    log.info("bm25 mine: %d train queries (%d empty) in %.1f s -> %s", len(train), empty, secs, negatives_out)
+
+
+def _eval_run(pool: QueryPool, name: str, path: Path, runs_dir: Path, mine: Mine) -> dict:
+    evq = list(read_queries(path))
+    start = time.perf_counter()
+    ranked = pool.search([q.text for q in evq], mine.eval_depth, f"bm25 {name}")
+    secs = time.perf_counter() - start
+    run_hits = [
+        Hit(q.qid, pid, r, s)
+        for q, hits in zip(evq, ranked, strict=True)
+        for r, (pid, s) in enumerate(hits, 1)
+    ]
+    write_run(runs_dir / f"{name}.full.trec", sorted(run_hits, key=lambda h: (h.qid, h.rank)), TAG)
+    return {
+        "queries": len(evq),
+        "empty_result": sum(not h for h in ranked),
+        "queries_per_s": round(len(evq) / secs, 1) if secs > 0 else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.bm25_mine",
+        description="Mine BM25 hard negatives (top mine.top_k, positives removed) for every training query "
+        "into paths.negatives/bm25.parquet, and write BM25 runs of the dev and TREC DL 2019 queries "
+        "(depth mine.eval_depth) into paths.runs/bm25/. Needs the index of 'python -m tasks.bm25_index'.",
+        epilog="example: python -m tasks.bm25_mine --params params.yaml",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.params)
+        run(
+            index_dir=cfg.path("bm25_index"),
+            queries_train=cfg.input_path("queries_train"),
+            qrels_train=cfg.input_path("qrels_train"),
+            eval_queries={"dev": cfg.input_path("queries_dev"), "dl19": cfg.input_path("queries_dl19")},
+            negatives_out=cfg.path("negatives") / "bm25.parquet",
+            runs_dir=cfg.path("runs") / TAG,
+            summary_out=cfg.path("metrics") / "bm25_mine.json",
+            params=cfg.bm25,
+            mine=cfg.mine,
+        )
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

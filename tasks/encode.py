@@ -1,0 +1,463 @@
+"""encode@<system>: embed the corpus and the queries with one bi-encoder, in resumable shards.
+
+Each part (``corpus``, ``train``, ``dev``, ``dl19``) is cut into shards of ``encode.shard_size``
+rows in file order. A shard is encoded by :func:`encode_shard`, a pure module-level function
+of a picklable :class:`ShardSpec` (so a Dask or process executor can run it anywhere), in
+length-sorted batches (original order restored), and stored as float16 ``.npy`` in a
+content-addressed cache ``paths.embedding_cache/<key[:2]>/<key>.npy`` with a sidecar
+``<key>.json`` (rows, sha256). The key hashes the model id, its revision (or, for a local
+directory, the hash of its files), max_seq_length, device, dtype, batch size and the shard's
+text, so embeddings are reused across runs and profiles and never mixed across settings.
+
+Killed mid-way, a rerun finds the complete shards in the cache (verified by sha256), encodes
+only the rest and gives byte-identical output: a shard's bytes depend only on its key.
+
+The DVC output ``paths.embeddings/<system>/`` is assembled at the end (staged, renamed into
+place) from hard links to the cache files (a copy where the cache is on another file system):
+it is self-contained — deleting the cache leaves it intact, since a hard link is the file
+itself — and costs no extra disk. Nothing ever rewrites a cache file in place (writes are
+temp + rename), so the shared inode cannot change under DVC.
+
+Layout: ``<part>/ids.npy`` (int64), ``<part>/00000.npy`` ... (float16, rows x dim), and
+``manifest.json`` (model, revision, accel, per shard rows / first and last id / sha256).
+A system with ``model: null`` writes only a manifest with ``skipped``.
+
+    python -m tasks.encode --system smoke-bi-cls-dot
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from tasks.accel import Accel, place, resolve
+from tasks.config import ROOT, ConfigError, DenseSystem, Encode, load_config
+from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
+from tasks.records import read_collection, read_queries
+
+log = logging.getLogger(__name__)
+
+PARTS = ("corpus", "train", "dev", "dl19")
+QUERY_INPUTS = {"train": "queries_train", "dev": "queries_dev", "dl19": "queries_dl19"}
+FORMAT_VERSION = 1
+MAX_IN_FLIGHT = 4
+
+
+class Executor(Protocol):
+    """What :func:`run` needs from an executor (``concurrent.futures``, Dask ``get_executor()``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything needed to encode one shard, anywhere. ``key`` names the result."""
+
+    key: str
+    model: str
+    revision: str | None
+    max_seq_length: int
+    device: str
+    dtype: str
+    batch_size: int
+    texts: tuple[str, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    key: str
+    embeddings: np.ndarray  # float16, rows x dim, in the spec's text order
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_location(model: str) -> str:
+    """A local model directory given relative to the project root, made absolute; hub ids as is."""
+    path = Path(model)
+    if not path.is_absolute() and not path.exists() and (ROOT / path).is_dir():
+        return str(ROOT / path)
+    return model
+
+
+def model_revision(model: str, revision: str | None) -> str:
+    """The revision that goes into cache keys: the pinned hub commit, or a local dir's content hash."""
+    path = Path(model_location(model))
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f, "sha256").encode() + b"\n")
+        return f"dir-sha256:{h.hexdigest()}"
+    return revision or "unpinned"
+
+
+# --------------------------------------------------------------------------- workers
+_MODELS: dict[tuple, Any] = {}
+
+
+def _load_model(spec: ShardSpec):
+    ident = (spec.model, spec.revision, spec.max_seq_length, spec.device, spec.dtype)
+    if ident not in _MODELS:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(spec.model, revision=spec.revision, device=spec.device)
+        model.max_seq_length = spec.max_seq_length
+        _MODELS.clear()  # one model per process: systems run one after another
+        _MODELS[ident] = place(model, Accel(spec.device, spec.dtype))
+    return _MODELS[ident]
+
+
+def encode_shard(spec: ShardSpec, progress: Callable[[int], object] | None = None) -> ShardResult:
+    """Encode ``spec.texts`` in length-sorted batches; rows come back in the original order.
+
+    Pure: the result depends only on the spec (and the library versions), whichever process
+    or executor runs it. ``progress`` (optional) is called with each batch's row count.
+    """
+    import torch
+
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"shard {spec.key[:12]}: spec asks for cuda but this worker has none")
+    model = _load_model(spec)
+    order = sorted(range(len(spec.texts)), key=lambda i: (-len(spec.texts[i]), i))
+    out: np.ndarray | None = None
+    with torch.inference_mode():
+        for start in range(0, len(order), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            emb = model.encode(
+                [spec.texts[i] for i in idx],
+                batch_size=len(idx),
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+            arr = emb.float().cpu().numpy().astype(np.float16)
+            if out is None:
+                out = np.empty((len(order), arr.shape[1]), dtype=np.float16)
+            out[idx] = arr
+            if progress is not None:
+                progress(len(idx))
+    if out is None:
+        raise ValueError(f"shard {spec.key[:12]}: no texts to encode")
+    return ShardResult(spec.key, out)
+
+
+class InlineExecutor:
+    """Runs each task at submit time, in this process (the default)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # handed to the caller through .result(), as any executor does
+            fut.set_exception(exc)
+        return fut
+
+
+# --------------------------------------------------------------------------- cache
+class EmbeddingCache:
+    """Content-addressed shard store: ``<root>/<key[:2]>/<key>.npy`` + ``<key>.json``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        d = self.root / key[:2]
+        return d / f"{key}.npy", d / f"{key}.json"
+
+    def get(self, key: str, rows: int) -> tuple[Path, str] | None:
+        """The shard's path and sha256 if present and intact, else None (a bad one is removed)."""
+        npy, meta_path = self._paths(key)
+        if not (npy.exists() and meta_path.exists()):
+            return None
+        try:
+            meta = read_json(meta_path)
+        except DataError:
+            meta = {}
+        digest = file_digest(npy, "sha256")
+        if meta.get("sha256") != digest or meta.get("rows") != rows:
+            log.warning("cache shard %s is damaged (hash or row count differs); re-encoding it", npy)
+            npy.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            return None
+        return npy, digest
+
+    def put(self, key: str, emb: np.ndarray, spec_meta: dict[str, Any]) -> tuple[Path, str]:
+        npy, meta_path = self._paths(key)
+        with write_bytes_atomic(npy, gz=False) as fh:
+            np.save(fh, np.ascontiguousarray(emb, dtype=np.float16), allow_pickle=False)
+        digest = file_digest(npy, "sha256")
+        write_json(
+            meta_path, {**spec_meta, "rows": int(emb.shape[0]), "dim": int(emb.shape[1]), "sha256": digest}
+        )
+        return npy, digest
+
+
+# --------------------------------------------------------------------------- orchestration
+@dataclass
+class PartState:
+    ids: list[int] = field(default_factory=list)
+    text_hash: Any = field(default_factory=hashlib.sha256)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _chunks(rows: Iterable[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # cache on another file system (or no hard links): copy
+        shutil.copyfile(src, dst)
+
+
+def run(
+    system: str,
+    params: DenseSystem,
+    encode: Encode,
+    parts: dict[str, Path],
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Encode every part in ``parts`` (name -> TSV of ``id\\ttext``) into ``out_dir``.
+
+    Returns stats: shards ``computed`` / ``reused``, rows, seconds. A system whose ``model`` is
+    null writes a manifest with ``skipped`` and returns ``{"skipped": reason}``.
+    """
+    out_dir = Path(out_dir)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"parts: unknown part(s) {sorted(unknown)}; known: {', '.join(PARTS)}")
+    if params.model is None:
+        reason = "no public weights"
+        log.warning(
+            "system %s skipped: %s. To supply a checkpoint, set systems.%s.model to a local path "
+            "or a hub id (and systems.%s.revision to pin it), then rerun.",
+            system, reason, system, system,
+        )  # fmt: skip
+        with atomic_dir(out_dir) as stage:
+            write_json(
+                stage / "manifest.json", {"system": system, "skipped": reason, "format": FORMAT_VERSION}
+            )
+        return {"skipped": reason}
+
+    accel = resolve(encode.device, encode.dtype)
+    location = model_location(params.model)
+    revision = model_revision(params.model, params.revision)
+    if revision == "unpinned":
+        log.warning(
+            "systems.%s.revision is null: cache entries are keyed 'unpinned'; pin a hub commit", system
+        )
+    # A local directory is identified by its content hash alone, wherever it lives.
+    base = {
+        "model": "local-dir" if revision.startswith("dir-sha256:") else params.model,
+        "revision": revision,
+        "max_seq_length": params.max_seq_length,
+        "device": accel.device,
+        "dtype": accel.dtype,
+        "batch_size": encode.batch_size,
+        "format": FORMAT_VERSION,
+    }
+    cache = EmbeddingCache(cache_dir)
+    states = {p: PartState() for p in parts}
+    stats: dict[str, Any] = {"computed": 0, "reused": 0, "rows": 0}
+    t0 = time.perf_counter()
+    executor_ = executor or InlineExecutor()
+    inline = executor is None
+    pending: deque[tuple[str, int, dict[str, Any], Any]] = deque()
+    dim: int | None = None
+    bar = tqdm(desc=f"encode {system}", unit="text", unit_scale=True, dynamic_ncols=True)
+
+    def finish(part: str, index: int, entry: dict[str, Any], fut: Any) -> None:
+        nonlocal dim
+        result: ShardResult = fut.result()
+        if result.key != entry["key"] or result.embeddings.shape[0] != entry["rows"]:
+            raise RuntimeError(f"encode {system}: shard {part}/{index} came back with the wrong key or rows")
+        _, entry["sha256"] = cache.put(
+            result.key, result.embeddings, {**base, "text_sha256": entry["text_sha256"]}
+        )
+        dim = dim or int(result.embeddings.shape[1])
+        stats["computed"] += 1
+        if not inline:
+            bar.update(entry["rows"])
+
+    try:
+        for part, path in parts.items():
+            reader = read_collection(path) if part == "corpus" else read_queries(path)
+            st = states[part]
+            for index, chunk in enumerate(_chunks(reader, encode.shard_size)):
+                blob = "".join(f"{i}\t{t}\n" for i, t in chunk).encode("utf-8")
+                st.text_hash.update(blob)
+                st.ids.extend(i for i, _ in chunk)
+                text_sha = sha256_hex(blob)
+                key = sha256_hex(json.dumps({**base, "text_sha256": text_sha}, sort_keys=True).encode())
+                entry: dict[str, Any] = {
+                    "file": f"{part}/{index:05d}.npy",
+                    "key": key,
+                    "rows": len(chunk),
+                    "first_id": chunk[0][0],
+                    "last_id": chunk[-1][0],
+                    "text_sha256": text_sha,
+                }
+                st.shards.append(entry)
+                stats["rows"] += len(chunk)
+                hit = cache.get(key, len(chunk))
+                if hit is not None:
+                    entry["sha256"] = hit[1]
+                    stats["reused"] += 1
+                    bar.update(len(chunk))
+                    continue
+                texts = tuple(t for _, t in chunk)
+                spec = ShardSpec(key, location, params.revision, params.max_seq_length,
+                                 accel.device, accel.dtype, encode.batch_size, texts)  # fmt: skip
+                if inline:
+                    fut = executor_.submit(encode_shard, spec, progress=bar.update)
+                else:
+                    fut = executor_.submit(encode_shard, spec)
+                pending.append((part, index, entry, fut))
+                while len(pending) >= (1 if inline else MAX_IN_FLIGHT):
+                    finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
+    finally:
+        bar.close()
+
+    for part, st in states.items():
+        if not st.ids:
+            raise DataError(f"{parts[part]}: no rows to encode for part {part!r}")
+    if dim is None:  # everything came from the cache
+        first = states[next(iter(states))].shards[0]
+        dim = int(np.load(cache.get(first["key"], first["rows"])[0], mmap_mode="r").shape[1])  # type: ignore[index]
+
+    with atomic_dir(out_dir) as stage:
+        manifest: dict[str, Any] = {
+            **base,
+            "model": params.model,
+            "system": system,
+            "score": params.score,
+            "dim": dim,
+            "parts": {},
+        }
+        for part, st in states.items():
+            ids = np.asarray(st.ids, dtype=np.int64)
+            with write_bytes_atomic(stage / part / "ids.npy", gz=False) as fh:
+                np.save(fh, ids, allow_pickle=False)
+            for entry in st.shards:
+                npy, _ = cache._paths(entry["key"])
+                _link_or_copy(npy, stage / entry["file"])
+            manifest["parts"][part] = {
+                "rows": len(ids),
+                "text_sha256": st.text_hash.hexdigest(),
+                "ids": f"{part}/ids.npy",
+                "shards": st.shards,
+            }
+        write_json(stage / "manifest.json", manifest)
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    rate = stats["rows"] / stats["seconds"] if stats["seconds"] else 0.0
+    log.info(
+        "encode %s: %d rows, %d shards encoded, %d reused from cache, %.0f texts/s (%s)",
+        system, stats["rows"], stats["computed"], stats["reused"], rate, accel.describe(),
+    )  # fmt: skip
+    return stats
+
+
+# --------------------------------------------------------------------------- readers
+@dataclass(frozen=True)
+class Embeddings:
+    """A part of an encode output: ids and float16 shards (memory-mapped on demand)."""
+
+    root: Path
+    part: str
+    ids: np.ndarray
+    shards: tuple[dict[str, Any], ...]
+    dim: int
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(ids, vectors float16)`` per shard, in order."""
+        start = 0
+        for entry in self.shards:
+            vec = np.load(self.root / entry["file"], mmap_mode="r")
+            if vec.shape != (entry["rows"], self.dim):
+                raise DataError(
+                    f"{self.root / entry['file']}: shape {vec.shape} != ({entry['rows']}, {self.dim})"
+                )
+            yield self.ids[start : start + entry["rows"]], vec
+            start += entry["rows"]
+
+    def load(self) -> np.ndarray:
+        return np.concatenate([v for _, v in self.iter_shards()]) if self.shards else np.zeros((0, self.dim))
+
+
+def read_manifest(emb_dir: str | Path) -> dict[str, Any]:
+    path = Path(emb_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no embeddings manifest; run `python -m tasks.encode` first")
+    return read_json(path)
+
+
+def load_part(emb_dir: str | Path, part: str) -> Embeddings:
+    emb_dir = Path(emb_dir)
+    manifest = read_manifest(emb_dir)
+    if manifest.get("skipped"):
+        raise ValueError(f"{emb_dir}: system was skipped at encode time ({manifest['skipped']})")
+    if part not in manifest["parts"]:
+        raise DataError(f"{emb_dir}/manifest.json: no part {part!r} (has {', '.join(manifest['parts'])})")
+    info = manifest["parts"][part]
+    ids = np.load(emb_dir / info["ids"])
+    if len(ids) != info["rows"]:
+        raise DataError(f"{emb_dir / info['ids']}: {len(ids)} ids, manifest says {info['rows']}")
+    return Embeddings(emb_dir, part, ids, tuple(info["shards"]), int(manifest["dim"]))
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.encode",
+        description=(
+            "Encode the corpus and the train/dev/DL19 queries with one system's bi-encoder into float16 "
+            "shards + manifest under paths.embeddings/<system>/. Resumable: complete shards are kept in "
+            "paths.embedding_cache and reused (by model, revision and text hash)."
+        ),
+        epilog="example: python -m tasks.encode --system smoke-bi-cls-dot",
+    )
+    parser.add_argument("--system", required=True, help="a key of 'systems' in params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.params)
+        system = cfg.system(args.system)
+        parts = {"corpus": cfg.input_path("collection")}
+        parts.update({p: cfg.input_path(key) for p, key in QUERY_INPUTS.items()})
+        out, cache = cfg.path("embeddings") / args.system, cfg.path("embedding_cache")
+        stats = run(args.system, system, cfg.encode, parts, out, cache)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("stats: %s", json.dumps(stats, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

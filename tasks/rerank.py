@@ -1,0 +1,124 @@
+"""Stage ``ce_rerank``: the cross-encoder re-ranks BM25's top candidates (for ``evaluate``).
+
+For each evaluation set (``dev``: ``inputs.queries_dev``; ``dl19``: ``inputs.queries_dl19``) it
+reads ``paths.runs/bm25/<set>.full.trec``, keeps each query's top
+``evaluate.ce_rerank_depth`` hits, scores them with the cross-encoder of ``cross_encoder.*``
+(the same length-bucketed, executor-dispatchable shards as the ``score`` stage) and writes
+``paths.runs/cross-encoder/<set>.rerank.trec`` sorted by score (ties: pid ascending), tag
+``cross-encoder``. Missing query or passage ids raise a DataError naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import CrossEncoderCfg, load_config
+from tasks.io import DataError
+from tasks.records import Hit, read_run, write_run
+from tasks.score import ModelSpec, ShardResult, ShardSpec, iter_shard_specs, load_texts, run_shards
+
+log = logging.getLogger(__name__)
+
+SETS = {"dev": "queries_dev", "dl19": "queries_dl19"}
+TAG = "cross-encoder"
+
+
+def top_hits(run_path: Path, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(qid, pid) of each query's top ``depth`` hits, sorted by (qid, rank)."""
+    hits = sorted((h.qid, h.rank, h.pid) for h in read_run(run_path))
+    qids: list[int] = []
+    pids: list[int] = []
+    seen: dict[int, int] = {}
+    for qid, _rank, pid in hits:
+        if seen.get(qid, 0) < depth:
+            seen[qid] = seen.get(qid, 0) + 1
+            qids.append(qid)
+            pids.append(pid)
+    return np.asarray(qids, np.int64), np.asarray(pids, np.int64)
+
+
+def run(
+    run_path: Path,
+    queries_path: Path,
+    collection: Path,
+    out_path: Path,
+    depth: int,
+    ce: CrossEncoderCfg,
+    model_path: str | None = None,
+    executor: Executor | None = None,
+) -> int:
+    """Re-rank one BM25 run; returns the number of queries written."""
+    if not run_path.exists():
+        raise FileNotFoundError(f"{run_path}: no BM25 run; run the bm25_mine stage first")
+    qids, pids = top_hits(run_path, depth)
+    queries, passages = load_texts(collection, queries_path, qids, pids, str(run_path))
+    spec = ModelSpec.from_cfg(ce, model_path)
+    scores = np.empty(len(qids), dtype=np.float32)
+
+    def collect(shard: ShardSpec, result: ShardResult) -> None:
+        start = shard.index * ce.shard_size
+        scores[start : start + len(result.scores)] = result.scores
+
+    run_shards(
+        iter_shard_specs(qids, pids, queries, passages, spec, ce.shard_size), len(qids), collect, executor
+    )
+    order = np.lexsort((pids, -scores.astype(np.float64), qids))
+    hits: list[Hit] = []
+    rank = 0
+    for i in order.tolist():
+        rank = 1 if not hits or hits[-1].qid != qids[i] else rank + 1
+        hits.append(Hit(int(qids[i]), int(pids[i]), rank, float(scores[i])))
+    write_run(out_path, hits, TAG)
+    n_queries = len(np.unique(qids))
+    log.info("%s: re-ranked top %d of %d queries -> %s", run_path.name, depth, n_queries, out_path)
+    return n_queries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.rerank",
+        description=(
+            "Re-rank BM25's top evaluate.ce_rerank_depth hits of paths.runs/bm25/{dev,dl19}.full.trec "
+            "with the cross-encoder; write paths.runs/cross-encoder/{dev,dl19}.rerank.trec "
+            "for the evaluate stage."
+        ),
+        epilog="example: python -m tasks.rerank --params params.yaml --sets dev dl19",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--sets", nargs="+", choices=sorted(SETS), default=sorted(SETS), help="evaluation sets"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.config import ROOT
+    from tasks.scaleout import executor
+    from tasks.score import resolve_model
+
+    cfg = load_config(args.params)
+    try:
+        with executor(cfg.orchestration) as ex:
+            for name in args.sets:
+                run(
+                    cfg.path("runs") / "bm25" / f"{name}.full.trec",
+                    cfg.input_path(SETS[name]),
+                    cfg.input_path("collection"),
+                    cfg.path("runs") / TAG / f"{name}.rerank.trec",
+                    cfg.evaluate.ce_rerank_depth,
+                    cfg.cross_encoder,
+                    model_path=resolve_model(cfg.cross_encoder.model, ROOT),
+                    executor=ex,
+                )
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""Stage ``score``: cross-encoder scores for every distinct (qid, pid) of the hard negatives.
+
+Reads ``paths.out/msmarco-hard-negatives.jsonl.gz`` (positives + every system's negatives),
+collects the distinct (qid, pid) pairs -- systems overlap heavily, so each pair is scored
+once -- and scores them with a sentence-transformers ``CrossEncoder`` (``cross_encoder.*``).
+
+- Scores are the model's raw logits (``activation_fn=Identity``), like the published
+  ``cross-encoder-ms-marco-MiniLM-L-6-v2-scores.pkl.gz`` (whose margins, e.g. the 3.0 of
+  ``denoise.margin``, are logit differences).
+- Work is cut into shards of ``cross_encoder.shard_size`` pairs in (qid, pid) order. Each shard
+  is a pure call :func:`score_shard` (dispatchable to any ``concurrent.futures``-style executor,
+  e.g. Dask) that sorts its pairs by length, scores them in batches of
+  ``cross_encoder.batch_size`` (little padding) and restores the order. Finished shards land in
+  ``paths.scores/shards/`` with a manifest (rows, input hash, file hash): a killed run resumes
+  from the shards already done, and the final files are byte-identical to an uninterrupted run.
+- Outputs: ``paths.scores/ce-scores.parquet`` (``qid:int64, pid:int64, score:float32`` sorted by
+  (qid, pid)), ``paths.out/<cross_encoder.name>-scores.pkl.gz`` (published pickle
+  ``dict[qid, dict[pid, score]]``) and ``paths.metrics/score.json`` (pairs mentioned,
+  distinct pairs, share saved by deduplication, empty passages).
+
+Bad input: a pid missing from the collection or a qid missing from the training queries
+raises :class:`~tasks.io.DataError` (count + first examples). Empty passages are scored as
+they are (the model sees the query alone) and counted in ``score.json``. A non-finite
+score from the model raises (naming the shard and pairs), never becomes a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from tasks.config import CrossEncoderCfg, load_config
+from tasks.io import DataError, atomic_path, file_digest, read_json, write_json
+from tasks.records import read_collection, read_queries
+from tasks.scores_pickle import write_scores_pickle
+
+log = logging.getLogger(__name__)
+
+SCORES_SCHEMA = pa.schema([("qid", pa.int64()), ("pid", pa.int64()), ("score", pa.float32())])
+BACKEND_EXTRAS = {"onnx": "sentence-transformers[onnx]", "openvino": "sentence-transformers[openvino]"}
+MANIFEST_VERSION = 1
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to load and run the cross-encoder (picklable, hashable)."""
+
+    model: str
+    revision: str | None = None
+    max_length: int = 512
+    batch_size: int = 64
+    backend: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @classmethod
+    def from_cfg(cls, ce: CrossEncoderCfg, model_path: str | None = None) -> ModelSpec:
+        return cls(
+            model=model_path or ce.model,
+            revision=ce.revision,
+            max_length=ce.max_length,
+            batch_size=ce.batch_size,
+            backend=ce.backend,
+            device=ce.device,
+            dtype=ce.dtype,
+        )
+
+
+_MODELS: dict[ModelSpec, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _check_backend(backend: str) -> None:
+    if backend == "torch":
+        return
+    import importlib.util
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # the parent package (optimum) itself is missing
+            return True
+
+    needed = {"onnx": ("optimum.onnxruntime", "onnxruntime"), "openvino": ("optimum.intel", "openvino")}
+    missing = [m for m in needed[backend] if absent(m)]
+    if missing:
+        raise ValueError(
+            f"cross_encoder.backend={backend!r} needs {', '.join(missing)}: "
+            f"pip install '{BACKEND_EXTRAS[backend]}' (or set cross_encoder.backend: torch)"
+        )
+
+
+def load_model(spec: ModelSpec) -> tuple[Any, threading.Lock]:
+    """Load (once per process) the CrossEncoder of ``spec`` on the selected device/dtype."""
+    with _MODELS_LOCK:
+        if spec in _MODELS:
+            return _MODELS[spec]
+        from sentence_transformers import CrossEncoder
+
+        from tasks.accel import place, resolve
+
+        _check_backend(spec.backend)
+        accel = resolve(spec.device, spec.dtype)  # type: ignore[arg-type]
+        if spec.backend != "torch" and accel.device != "cpu":
+            raise ValueError(
+                f"cross_encoder.backend={spec.backend!r} is a CPU option; set cross_encoder.device: cpu "
+                "or cross_encoder.backend: torch"
+            )
+        model = CrossEncoder(
+            spec.model,
+            revision=spec.revision,
+            max_length=spec.max_length,
+            device=accel.device,
+            backend=spec.backend,
+        )
+        if spec.backend == "torch":
+            place(model, accel)
+        log.info("cross-encoder %s on %s (%s backend)", spec.model, accel.describe(), spec.backend)
+        _MODELS[spec] = (model, threading.Lock())
+        return _MODELS[spec]
+
+
+def length_order(queries: list[str], passages: list[str]) -> np.ndarray:
+    """Indices sorting pairs by character length, longest first (stable: ties keep order)."""
+    lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages, strict=True)), np.int64)
+    return np.argsort(-lengths, kind="stable")
+
+
+def score_pairs(spec: ModelSpec, queries: list[str], passages: list[str]) -> np.ndarray:
+    """Raw cross-encoder logits (float32) for the pairs, in input order, length-bucketed."""
+    import torch
+
+    model, lock = load_model(spec)
+    order = length_order(queries, passages)
+    out = np.empty(len(order), dtype=np.float32)
+    identity = torch.nn.Identity()
+    with lock:  # a tokenizer and a model are not safe to share between threads
+        for start in range(0, len(order), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            batch = [(queries[i], passages[i]) for i in idx]
+            scores = model.predict(
+                batch, batch_size=len(batch), activation_fn=identity, show_progress_bar=False
+            )
+            out[idx] = np.asarray(scores, dtype=np.float32).reshape(-1)
+    return out
+
+
+# --------------------------------------------------------------------------- shards
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard of pairs with their texts: everything :func:`score_shard` needs."""
+
+    index: int
+    model: ModelSpec
+    qids: np.ndarray = field(repr=False)
+    pids: np.ndarray = field(repr=False)
+    queries: list[str] = field(repr=False)
+    passages: list[str] = field(repr=False)
+
+    def input_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.qids.astype("<i8").tobytes())
+        h.update(self.pids.astype("<i8").tobytes())
+        for text in (*self.queries, *self.passages):
+            h.update(text.encode("utf-8"))
+            h.update(b"\0")
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    index: int
+    scores: np.ndarray
+    seconds: float
+
+
+def score_shard(spec: ShardSpec) -> ShardResult:
+    """Score one shard (pure: same spec => same scores). Non-finite scores raise DataError."""
+    t0 = time.perf_counter()
+    scores = score_pairs(spec.model, spec.queries, spec.passages)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        examples = ", ".join(f"(qid {spec.qids[i]}, pid {spec.pids[i]})" for i in bad[:5])
+        raise DataError(
+            f"shard {spec.index}: the cross-encoder returned {len(bad)} non-finite score(s), "
+            f"e.g. {examples}; with fp16 this is usually overflow: set cross_encoder.dtype to bf16 or fp32"
+        )
+    return ShardResult(spec.index, scores, time.perf_counter() - t0)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write a scores table as Parquet, atomically, with deterministic bytes."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=False)
+
+
+def scores_table(qids: np.ndarray, pids: np.ndarray, scores: np.ndarray) -> pa.Table:
+    return pa.table(
+        {
+            "qid": np.asarray(qids, np.int64),
+            "pid": np.asarray(pids, np.int64),
+            "score": np.asarray(scores, np.float32),
+        },
+        schema=SCORES_SCHEMA,
+    )
+
+
+def read_scores(path: str | Path) -> pa.Table:
+    """The canonical CE scores table (``qid, pid, score``), checked for its columns."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no cross-encoder scores; run the score stage first")
+    table = pq.read_table(path)
+    missing = {"qid", "pid", "score"} - set(table.column_names)
+    if missing:
+        raise DataError(f"{path}: scores file lacks column(s) {sorted(missing)}")
+    return table.select(["qid", "pid", "score"]).cast(SCORES_SCHEMA)
+
+
+class ScoreLookup:
+    """``(qid, pid) -> score`` over the canonical table, without a 160M-entry dict.
+
+    Binary search over the (qid, pid)-sorted columns; a missing pair raises a DataError
+    saying that the scores were computed on other negatives.
+    """
+
+    def __init__(self, table: pa.Table, source: str | Path = "ce-scores.parquet") -> None:
+        self.qids = table.column("qid").to_numpy()
+        self.pids = table.column("pid").to_numpy()
+        self.scores = table.column("score").to_numpy()
+        self.source = source
+
+    def query(self, qid: int, pids: list[int]) -> np.ndarray:
+        """Scores (float32) of ``pids`` for ``qid``, in the given order."""
+        lo, hi = np.searchsorted(self.qids, [qid, qid + 1])
+        row_pids = self.pids[lo:hi]
+        want = np.asarray(pids, dtype=np.int64)
+        pos = np.searchsorted(row_pids, want)
+        found = pos < len(row_pids)
+        found[found] = row_pids[pos[found]] == want[found]
+        if not found.all():
+            missing = want[~found][:5].tolist()
+            raise DataError(
+                f"{self.source}: no cross-encoder score for qid {qid}, pid(s) {missing}: the scores were "
+                "computed on other hard negatives; rerun the score stage (dvc repro score)"
+            )
+        return self.scores[lo + pos]
+
+
+# --------------------------------------------------------------------------- pairs
+@dataclass
+class Pairs:
+    qids: np.ndarray
+    pids: np.ndarray
+    mentions: int  # pairs named by the file, counting every system's copy
+    per_system: dict[str, int]
+
+
+def collect_pairs(negatives_path: Path) -> Pairs:
+    """Distinct (qid, pid) among positives and all systems' negatives, sorted by (qid, pid)."""
+    from tasks.records import read_hard_negatives
+
+    qid_chunks: list[np.ndarray] = []
+    pid_chunks: list[np.ndarray] = []
+    per_system: dict[str, int] = {"pos": 0}
+    mentions = 0
+    for rec in read_hard_negatives(negatives_path):
+        named = set(rec.pos)
+        mentions += len(rec.pos)
+        per_system["pos"] += len(rec.pos)
+        for system, negs in rec.neg.items():
+            per_system[system] = per_system.get(system, 0) + len(negs)
+            mentions += len(negs)
+            named.update(negs)
+        arr = np.fromiter(sorted(named), dtype=np.int64, count=len(named))
+        pid_chunks.append(arr)
+        qid_chunks.append(np.full(len(arr), rec.qid, dtype=np.int64))
+    qids = np.concatenate(qid_chunks) if qid_chunks else np.zeros(0, np.int64)
+    pids = np.concatenate(pid_chunks) if pid_chunks else np.zeros(0, np.int64)
+    order = np.lexsort((pids, qids))
+    return Pairs(qids[order], pids[order], mentions, per_system)
+
+
+def load_texts(
+    collection: Path, queries_path: Path, qids: np.ndarray, pids: np.ndarray, what: str
+) -> tuple[dict[int, str], dict[int, str]]:
+    """Query and passage texts for the ids needed; missing ids raise a DataError."""
+    need_p = set(np.unique(pids).tolist())
+    need_q = set(np.unique(qids).tolist())
+    passages = {p.pid: p.text for p in read_collection(collection) if p.pid in need_p}
+    queries = {q.qid: q.text for q in read_queries(queries_path) if q.qid in need_q}
+    for kind, need, have, src in (
+        ("pid", need_p, passages, collection),
+        ("qid", need_q, queries, queries_path),
+    ):
+        missing = sorted(need - have.keys())
+        if missing:
+            raise DataError(
+                f"{what}: {len(missing)} {kind}(s) are not in {src}, e.g. {missing[:5]}; "
+                "were the inputs built from another collection/query set?"
+            )
+    return queries, passages
+
+
+def iter_shard_specs(
+    pairs_q: np.ndarray,
+    pairs_p: np.ndarray,
+    queries: dict[int, str],
+    passages: dict[int, str],
+    model: ModelSpec,
+    shard_size: int,
+    only: set[int] | None = None,
+) -> Iterator[ShardSpec]:
+    for index, start in enumerate(range(0, len(pairs_q), shard_size)):
+        if only is not None and index not in only:
+            continue
+        q = pairs_q[start : start + shard_size]
+        p = pairs_p[start : start + shard_size]
+        yield ShardSpec(
+            index, model, q, p, [queries[int(x)] for x in q.tolist()], [passages[int(x)] for x in p.tolist()]
+        )
+
+
+# --------------------------------------------------------------------------- run
+def _shard_path(shards_dir: Path, index: int) -> Path:
+    return shards_dir / f"shard-{index:05d}.parquet"
+
+
+def _reusable(manifest: dict[str, Any], model: ModelSpec, shard_size: int) -> dict[int, dict[str, Any]]:
+    if manifest.get("version") != MANIFEST_VERSION or manifest.get("model") != asdict(model):
+        return {}
+    if manifest.get("shard_size") != shard_size:
+        return {}
+    return {int(k): v for k, v in manifest.get("shards", {}).items()}
+
+
+def run_shards(
+    specs: Iterator[ShardSpec],
+    n_pairs: int,
+    on_result: Any,
+    executor: Executor | None = None,
+    max_in_flight: int = 4,
+) -> None:
+    """Submit shards (at most ``max_in_flight`` at a time, bounding memory) and hand each
+    finished one to ``on_result`` as it completes."""
+    from tasks.scaleout import InlineExecutor
+
+    ex = executor or InlineExecutor()
+    in_flight: dict[Future[ShardResult], ShardSpec] = {}
+    with tqdm(total=n_pairs, desc="score", unit="pair", unit_scale=True, disable=n_pairs == 0) as bar:
+
+        def submit_next() -> None:
+            spec = next(specs, None)
+            if spec is not None:
+                in_flight[ex.submit(score_shard, spec)] = spec
+
+        for _ in range(max_in_flight):
+            submit_next()
+        while in_flight:
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: in_flight[f].index):
+                spec = in_flight.pop(fut)
+                result = fut.result()
+                on_result(spec, result)
+                bar.update(len(spec.qids))
+                log.info(
+                    "shard %d: %d pairs in %.1fs (%.0f pairs/s)",
+                    spec.index,
+                    len(spec.qids),
+                    result.seconds,
+                    len(spec.qids) / max(result.seconds, 1e-9),
+                )
+                submit_next()
+
+
+def run(
+    negatives_path: Path,
+    collection: Path,
+    queries_path: Path,
+    scores_dir: Path,
+    pickle_path: Path,
+    ce: CrossEncoderCfg,
+    model_path: str | None = None,
+    executor: Executor | None = None,
+    stats_path: Path | None = None,
+) -> dict[str, Any]:
+    """Score every distinct pair; returns the stats (also written to ``stats_path``,
+    default ``scores_dir/score.json``).
+
+    ``model_path`` overrides ``ce.model`` (``main`` resolves a local path against the root).
+    ``executor`` runs the shards (``None``: in this process); results do not depend on it.
+    """
+    model = ModelSpec.from_cfg(ce, model_path)
+    pairs = collect_pairs(negatives_path)
+    n = len(pairs.qids)
+    saved = 1 - n / pairs.mentions if pairs.mentions else 0.0
+    log.info("%d pairs named, %d distinct: deduplication saves %.1f%%", pairs.mentions, n, 100 * saved)
+    queries, passages = load_texts(collection, queries_path, pairs.qids, pairs.pids, str(negatives_path))
+    empty = sorted(pid for pid in np.unique(pairs.pids).tolist() if not passages[pid].strip())
+    if empty:
+        log.warning("%d empty passage(s) scored against the query alone, e.g. pids %s", len(empty), empty[:5])
+
+    shards_dir = scores_dir / "shards"
+    manifest_path = shards_dir / "manifest.json"
+    old = _reusable(read_json(manifest_path), model, ce.shard_size) if manifest_path.exists() else {}
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "model": asdict(model),
+        "shard_size": ce.shard_size,
+    }
+    shards: dict[int, dict[str, Any]] = {}
+    n_shards = -(-n // ce.shard_size)
+    todo: set[int] = set() if old else set(range(n_shards))
+    specs_to_check = iter_shard_specs(pairs.qids, pairs.pids, queries, passages, model, ce.shard_size)
+    for spec in specs_to_check if old else ():
+        entry, path = old.get(spec.index), _shard_path(shards_dir, spec.index)
+        if (
+            entry is not None
+            and entry.get("input_sha256") == spec.input_hash()
+            and path.exists()
+            and file_digest(path, "sha256") == entry.get("sha256")
+        ):
+            shards[spec.index] = entry
+        else:
+            todo.add(spec.index)
+    if shards:
+        log.info("resuming: %d of %d shard(s) already scored", len(shards), n_shards)
+
+    def save(spec: ShardSpec, result: ShardResult) -> None:
+        path = _shard_path(shards_dir, spec.index)
+        write_table(path, scores_table(spec.qids, spec.pids, result.scores))
+        shards[spec.index] = {
+            "rows": len(spec.qids),
+            "input_sha256": spec.input_hash(),
+            "sha256": file_digest(path, "sha256"),
+        }
+        write_json(manifest_path, {**manifest, "shards": {str(k): shards[k] for k in sorted(shards)}})
+
+    todo_pairs = sum(min(ce.shard_size, n - i * ce.shard_size) for i in todo)
+    specs = iter_shard_specs(pairs.qids, pairs.pids, queries, passages, model, ce.shard_size, only=todo)
+    t0 = time.perf_counter()
+    run_shards(specs, todo_pairs, save, executor)
+    seconds = time.perf_counter() - t0
+    write_json(manifest_path, {**manifest, "shards": {str(k): shards[k] for k in sorted(shards)}})
+
+    current = {_shard_path(shards_dir, i) for i in range(n_shards)}
+    for stale in shards_dir.glob("shard-*.parquet"):  # from a run with other inputs or shard size
+        if stale not in current:
+            stale.unlink()
+    parts = [pq.read_table(_shard_path(shards_dir, i)).cast(SCORES_SCHEMA) for i in range(n_shards)]
+    table = pa.concat_tables(parts) if parts else scores_table(np.zeros(0), np.zeros(0), np.zeros(0))
+    write_table(scores_dir / "ce-scores.parquet", table)
+    n_queries = write_scores_pickle(
+        pickle_path,
+        table.column("qid").to_numpy(),
+        table.column("pid").to_numpy(),
+        table.column("score").to_numpy(),
+    )
+    stats = {
+        "pairs_named": pairs.mentions,
+        "pairs_distinct": n,
+        "dedup_saved_share": round(saved, 6),
+        "pairs_named_per_system": dict(sorted(pairs.per_system.items())),
+        "queries": n_queries,
+        "empty_passages": len(empty),
+        "shards": n_shards,
+    }
+    write_json(stats_path or scores_dir / "score.json", stats)
+    log.info(
+        "scored %d pair(s) in %d new shard(s), %.1fs (%.0f pairs/s); wrote %s and %s",
+        todo_pairs,
+        len(todo),
+        seconds,
+        todo_pairs / max(seconds, 1e-9),
+        scores_dir / "ce-scores.parquet",
+        pickle_path,
+    )
+    return {**stats, "computed_shards": sorted(todo), "reused_shards": sorted(set(shards) - todo)}
+
+
+def resolve_model(model: str, root: Path) -> str:
+    """A relative path that exists under the project root wins over a hub id of the same name."""
+    local = root / model
+    return str(local) if local.exists() else model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.score",
+        description=(
+            "Score every distinct (qid, pid) of the hard negatives (positives + all systems) once with "
+            "the cross-encoder (cross_encoder.*), in resumable shards; write paths.scores/ce-scores.parquet "
+            "and paths.out/<cross_encoder.name>-scores.pkl.gz."
+        ),
+        epilog="example: python -m tasks.score --params params.yaml",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.config import ROOT
+    from tasks.scaleout import executor
+
+    cfg = load_config(args.params)
+    try:
+        with executor(cfg.orchestration) as ex:
+            run(
+                cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
+                cfg.input_path("collection"),
+                cfg.input_path("queries_train"),
+                cfg.path("scores"),
+                cfg.path("out") / f"{cfg.cross_encoder.name}-scores.pkl.gz",
+                cfg.cross_encoder,
+                model_path=resolve_model(cfg.cross_encoder.model, ROOT),
+                executor=ex,
+                stats_path=cfg.path("metrics") / "score.json",
+            )
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

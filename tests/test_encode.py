@@ -1,0 +1,146 @@
+"""encode@<system>: shards, manifest, cache reuse, executors, skipped systems."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import DenseSystem, Encode
+from tasks.encode import encode_shard, load_part, read_manifest, run
+from tasks.records import read_collection, write_id_text
+from tests._dense_helpers import EncodedSample, encoded_sample
+from tests._model_helpers import TINY_PARAMS, TinyModels, tiny_models, tiny_texts
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    return tiny_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory, sample_inputs: dict[str, Path]) -> EncodedSample:
+    return encoded_sample(tmp_path_factory, sample_inputs)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _small(tmp_path: Path, n: int = 150) -> dict[str, Path]:
+    corpus = tmp_path / "collection.tsv"
+    write_id_text(corpus, ((1000 + 3 * i, t) for i, t in enumerate(tiny_texts(n, seed=11))))
+    queries = tmp_path / "queries.tsv"
+    write_id_text(queries, ((50 + i, t) for i, t in enumerate(tiny_texts(20, seed=12, max_len=8))))
+    return {"corpus": corpus, "train": queries}
+
+
+def test_sample_manifest_and_embeddings(sample: EncodedSample) -> None:
+    manifest = read_manifest(sample.emb_dir)
+    corpus = load_part(sample.emb_dir, "corpus")
+    pids = [p.pid for p in read_collection(sample.inputs["collection"])]
+    assert manifest["parts"]["corpus"]["rows"] == len(pids) == len(corpus.ids)
+    assert corpus.ids.tolist() == pids  # file order
+    shards = manifest["parts"]["corpus"]["shards"]
+    assert len(shards) == -(-len(pids) // 1000)
+    assert shards[0]["first_id"] == pids[0] and shards[-1]["last_id"] == pids[-1]
+    assert manifest["model"] == sample.system.model and manifest["revision"].startswith("dir-sha256:")
+    assert set(manifest["parts"]) == {"corpus", "train", "dev", "dl19"}
+    for entry in shards:
+        assert hashlib.sha256((sample.emb_dir / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    vec = corpus.load()
+    assert vec.dtype == np.float16 and vec.shape == (len(pids), TINY_PARAMS.hidden_size)
+    # same numbers as a plain SentenceTransformer.encode (length-sorted batching changes nothing)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(sample.system.model, device="cpu")
+    model.max_seq_length = sample.system.max_seq_length
+    texts = [p.text for p in read_collection(sample.inputs["collection"])][:64]
+    ref = model.encode(texts, batch_size=32)
+    np.testing.assert_allclose(vec[:64].astype(np.float32), ref, atol=2e-3)
+
+
+def test_rerun_reuses_cache_byte_identical(sample: EncodedSample, tmp_path: Path) -> None:
+    from tests._dense_helpers import ENCODE, sample_parts
+
+    stats = run(
+        "tiny-cos", sample.system, ENCODE, sample_parts(sample.inputs), tmp_path / "again", sample.cache_dir
+    )
+    assert stats["computed"] == 0 and stats["reused"] == sample.stats["computed"] + sample.stats["reused"]
+    assert _tree(tmp_path / "again") == _tree(sample.emb_dir)
+
+
+def test_executor_gives_identical_bytes(models: TinyModels, tmp_path: Path) -> None:
+    parts = _small(tmp_path)
+    system = DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=32)
+    params = Encode(batch_size=16, shard_size=40, device="cpu", dtype="fp32")
+    a = run("s", system, params, parts, tmp_path / "a", tmp_path / "cache-a")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        b = run("s", system, params, parts, tmp_path / "b", tmp_path / "cache-b", executor=pool)
+    assert a["computed"] == b["computed"] == 5  # 4 corpus shards + 1 query shard
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+
+
+def test_damaged_cache_shard_is_reencoded(models: TinyModels, tmp_path: Path) -> None:
+    parts = _small(tmp_path)
+    system = DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=32)
+    params = Encode(batch_size=16, shard_size=40, device="cpu", dtype="fp32")
+    run("s", system, params, parts, tmp_path / "a", tmp_path / "cache")
+    before = _tree(tmp_path / "a")
+    victim = sorted((tmp_path / "cache").rglob("*.npy"))[0]
+    victim.unlink()  # hard link in the output keeps the data; the cache entry is gone
+    (tmp_path / "cache" / victim.parent.name / (victim.stem + ".npy")).write_bytes(b"garbage")
+    stats = run("s", system, params, parts, tmp_path / "b", tmp_path / "cache")
+    assert stats["computed"] == 1 and stats["reused"] == 4
+    assert _tree(tmp_path / "b") == before
+    assert _tree(tmp_path / "a") == before  # the earlier output is self-contained
+
+
+def test_encode_shard_restores_order(models: TinyModels) -> None:
+    from tasks.encode import ShardSpec
+
+    texts = tuple(tiny_texts(10, seed=3))
+    spec = ShardSpec("k", str(models.bi_cls_dot), None, 32, "cpu", "fp32", 3, texts)
+    whole = encode_shard(spec).embeddings
+    single = np.vstack(
+        [encode_shard(ShardSpec("k", spec.model, None, 32, "cpu", "fp32", 1, (t,))).embeddings for t in texts]
+    )
+    np.testing.assert_allclose(whole.astype(np.float32), single.astype(np.float32), atol=2e-3)
+
+
+def test_skipped_system_and_bad_args(tmp_path: Path) -> None:
+    system = DenseSystem(model=None, score="dot")
+    stats = run(
+        "nope", system, Encode(), {"corpus": tmp_path / "x.tsv"}, tmp_path / "out", tmp_path / "cache"
+    )
+    assert stats == {"skipped": "no public weights"}
+    assert read_manifest(tmp_path / "out")["skipped"] == "no public weights"
+    with pytest.raises(ValueError, match="was skipped"):
+        load_part(tmp_path / "out", "corpus")
+    with pytest.raises(ValueError, match="unknown part"):
+        run("nope", system, Encode(), {"queries": tmp_path / "x.tsv"}, tmp_path / "o2", tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="tasks.encode"):
+        read_manifest(tmp_path / "missing")
+
+
+def test_accel_selection() -> None:
+    import torch
+
+    from tasks.accel import cpu_has_bf16, resolve
+
+    cpu = resolve("cpu", "auto")
+    assert cpu.device == "cpu" and cpu.dtype == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve("cpu", "bf16").torch_dtype == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert resolve("auto", "auto").device == "cpu"
+        with pytest.raises(ValueError, match="device: 'cuda'"):
+            resolve("cuda", "auto")
+    with pytest.raises(ValueError, match="dtype"):
+        resolve("cpu", "int8")  # type: ignore[arg-type]

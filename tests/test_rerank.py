@@ -1,0 +1,78 @@
+"""Cross-encoder re-ranking of a BM25 run with the smoke cross-encoder."""
+
+from __future__ import annotations
+
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import CrossEncoderCfg
+from tasks.io import DataError
+from tasks.records import Hit, read_run, write_id_text, write_run
+from tasks.rerank import main, run
+from tests._model_helpers import tiny_models, tiny_texts
+
+
+@pytest.fixture(scope="module")
+def bm25(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
+    models = tiny_models(tmp_path_factory)
+    root = tmp_path_factory.mktemp("rerank")
+    queries = root / "queries.dev.tsv"
+    write_id_text(queries, zip((11, 22, 33), tiny_texts(3, seed=5, max_len=6), strict=True))
+    rng = np.random.default_rng(0)
+    hits = []
+    for qid in (11, 22, 33):
+        pids = rng.choice(300, size=12, replace=False)
+        hits += [Hit(qid, int(p), r + 1, float(20 - r)) for r, p in enumerate(pids)]
+    run_path = root / "bm25" / "dev.full.trec"
+    write_run(run_path, hits, "bm25")
+    return run_path, queries, models.collection, str(models.cross_encoder)
+
+
+def _cfg() -> CrossEncoderCfg:
+    return CrossEncoderCfg(
+        name="ce", model="unused", max_length=64, batch_size=4, shard_size=10, device="cpu"
+    )
+
+
+def test_rerank_top_depth(bm25, tmp_path: Path) -> None:
+    from sentence_transformers import CrossEncoder
+    from torch.nn import Identity
+
+    run_path, queries, collection, ce = bm25
+    out = tmp_path / "cross-encoder" / "dev.rerank.trec"
+    assert run(run_path, queries, collection, out, 5, _cfg(), model_path=ce) == 3
+    got = list(read_run(out))
+    assert out.read_text().split("\n")[0].endswith(" cross-encoder")
+    bm25_top = {q: [h.pid for h in hs][:5] for q, hs in groupby(read_run(run_path), key=lambda h: h.qid)}
+    qtext = dict(line.split("\t") for line in queries.read_text().splitlines())
+    ptext = dict(line.split("\t") for line in collection.read_text().splitlines())
+    model = CrossEncoder(ce, device="cpu", max_length=64)
+    for qid, hs in groupby(got, key=lambda h: h.qid):
+        hs = list(hs)
+        assert [h.rank for h in hs] == [1, 2, 3, 4, 5]
+        assert sorted(h.pid for h in hs) == sorted(bm25_top[qid])
+        assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
+        expected = model.predict([(qtext[str(qid)], ptext[str(h.pid)]) for h in hs], activation_fn=Identity())
+        np.testing.assert_allclose([h.score for h in hs], expected, atol=1e-5)
+    again = tmp_path / "again.trec"
+    run(run_path, queries, collection, again, 5, _cfg(), model_path=ce)
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_missing_inputs(bm25, tmp_path: Path) -> None:
+    run_path, queries, collection, ce = bm25
+    with pytest.raises(FileNotFoundError, match="bm25_mine"):
+        run(tmp_path / "nope.trec", queries, collection, tmp_path / "o.trec", 5, _cfg(), model_path=ce)
+    write_id_text(tmp_path / "q.tsv", [(11, "only one query")])
+    with pytest.raises(DataError, match=r"2 qid\(s\) are not in"):
+        run(run_path, tmp_path / "q.tsv", collection, tmp_path / "o.trec", 5, _cfg(), model_path=ce)
+
+
+def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "example: python -m tasks.rerank" in capsys.readouterr().out

@@ -1,0 +1,76 @@
+"""The real encode and score shards on a 2-worker Dask cluster: byte-identical to in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from distributed import LocalCluster
+
+from tasks import encode, score
+from tasks.config import CrossEncoderCfg, DenseSystem, Encode, Orchestration
+from tasks.scaleout import executor
+from tests._model_helpers import tiny_models, tiny_texts
+from tests._score_helpers import tiny_world
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory):
+    return tiny_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def dask_orch():
+    # Worker threads in this process (processes=False): each worker process would otherwise spend
+    # tens of seconds importing torch + transformers on 2 shared cores. Real TCP worker processes
+    # are covered with a pure shard function in test_scaleout.py.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        yield Orchestration(dask_address=cluster.scheduler_address)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_encode_shards_on_dask_match_in_process(models, dask_orch, tmp_path: Path):
+    from tasks.records import write_id_text
+
+    # small on purpose: the point is where shards run, not how fast
+    corpus, queries = tmp_path / "corpus.tsv", tmp_path / "queries.tsv"
+    write_id_text(corpus, enumerate(tiny_texts(80, seed=4)))
+    write_id_text(queries, ((1000 + i, t) for i, t in enumerate(tiny_texts(40, seed=5))))
+    system = DenseSystem(model=str(models.bi_mean_cos), score="cos", max_seq_length=64)
+    params = Encode(batch_size=16, shard_size=32, device="cpu", dtype="fp32")
+    parts = {"corpus": corpus, "dev": queries}
+
+    def run(out: Path, ex) -> dict:
+        # a cache per run, so the Dask run really computes every shard
+        return encode.run("tiny", system, params, parts, out / "emb", out / "cache", executor=ex)
+
+    local = run(tmp_path / "local", None)
+    with executor(dask_orch) as ex:
+        remote = run(tmp_path / "dask", ex)
+    assert local["computed"] == remote["computed"] == 5  # 80/32 + 40/32 shards
+    assert _files(tmp_path / "local" / "emb") == _files(tmp_path / "dask" / "emb")
+
+
+def test_score_shards_on_dask_match_in_process(models, dask_orch, tmp_path: Path):
+    world = tiny_world(tmp_path / "world", models.collection)
+    ce = CrossEncoderCfg(
+        name="tiny-ce", model="unused", shard_size=40, max_length=64, batch_size=8, device="cpu"
+    )
+
+    def run(out: Path, ex) -> dict:
+        return score.run(
+            world.negatives, world.collection, world.queries, out / "scores", out / "ce.pkl.gz", ce,
+            model_path=str(models.cross_encoder), executor=ex,
+        )  # fmt: skip
+
+    local = run(tmp_path / "local", None)
+    with executor(dask_orch) as ex:
+        remote = run(tmp_path / "dask", ex)
+    assert local == remote and local["shards"] >= 3
+    for rel in ("scores/ce-scores.parquet", "ce.pkl.gz"):
+        assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "dask" / rel).read_bytes()
