@@ -11,7 +11,7 @@ Streaming replacements of the official utilities (microsoft/MSMARCO-Question-Ans
   well-formed counts, distribution by ``query_type`` and by first word (the official yes/no
   rule), and word-count histograms of the distinct queries, answers, well-formed answers and
   passages; written as ``<name>.stats.json``, ``<name>.lengths.csv`` (DVC plots) and PNGs.
-- ``pipeline --split S``: all of it in one pass over ``inputs.qa_<S>`` into ``paths.qa``.
+- ``pipeline --split S``: all of it in one pass over ``inputs.qa_<S>`` into ``paths.qa/<S>/``.
 
 Faithful quirks of the official scripts, kept for parity: a query is "yesno" when its first
 space-separated token (lower-cased) is one of 13 auxiliaries and no token is exactly "or";
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--out", type=Path, help="directory for the stats JSON, CSV and PNGs")
     pl = command(
         "pipeline",
-        "DVC stage qa@<split>: inputs.qa_<split> -> paths.qa/<split>.jsonl.gz, <split>.wellformed.jsonl.gz, "
+        "DVC stage qa@<split>: inputs.qa_<split> -> paths.qa/<split>/<split>.jsonl.gz, <split>.wellformed.jsonl.gz, "
         "<split>.stats.json, <split>.lengths.csv and PNGs, in one pass",
         "python -m tasks.convert pipeline --split train --params params.yaml",
     )
@@ -558,7 +558,7 @@ def _pipeline(split: str, params: Path) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    run(split, src, cfg.path("qa"), cfg.convert)
+    run(split, src, cfg.path("qa") / split, cfg.convert)
     return 0
 
 
