@@ -77,7 +77,7 @@ def worker_embedded(coll: Path, queries: Path, work: Path, threads: int, k: int)
     from tasks.config import Bm25
     from tasks.records import read_queries
 
-    params = Bm25(threads=threads)
+    params = Bm25(threads=threads, index_threads=threads)
     t0 = time.perf_counter()
     stats = build(coll, work / "idx", params)
     t1 = time.perf_counter()

@@ -32,8 +32,11 @@ sorted by score descending then pid ascending. A query that analyses to no token
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tasks.config import Bm25
-from tasks.io import DataError, read_json, write_json
+from tasks.io import DataError, file_digest, read_json, write_json
 from tasks.records import Passage
 
 log = logging.getLogger(__name__)
@@ -141,7 +144,8 @@ def build_embedded(out_dir: Path, passages: Iterable[Passage], params: Bm25, pro
     analyzer = make_analyzer(params.analyzer)
     index = tantivy.Index(_schema(stored=rescore), path=str(out_dir), reuse=False)
     index.register_tokenizer("bm25", analyzer)
-    writer = index.writer(heap_size=256_000_000, num_threads=params.threads)
+    heap = params.index_heap_mb * 1_000_000 * params.index_threads
+    writer = index.writer(heap_size=heap, num_threads=params.index_threads)
     total_tokens = 0
     pids: list[int] = []
     try:
@@ -159,7 +163,43 @@ def build_embedded(out_dir: Path, passages: Iterable[Passage], params: Bm25, pro
         raise
     finally:
         writer.wait_merging_threads()
+    canonicalize_segments(out_dir)
     return {"pids": pids, "total_tokens": total_tokens if rescore else None, "stored_text": rescore}
+
+
+def canonicalize_segments(index_dir: Path) -> None:
+    """Give tantivy's segments content-derived names, so the same input gives the same bytes.
+
+    tantivy names each segment with a random UUID (in the file names, ``meta.json`` and
+    ``.managed.json``); the segment files themselves are identical from run to run when one
+    thread indexes the documents in order. Renaming each segment to a UUID made from the hash
+    of its files, and listing files and segments in a sorted order, makes the whole index
+    directory byte-identical for identical input and ``bm25.index_threads: 1``.
+    """
+    meta_path = index_dir / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    renames: dict[str, str] = {}
+    for seg in meta["segments"]:
+        old = seg["segment_id"].replace("-", "")
+        digest = hashlib.sha256()
+        for f in sorted(index_dir.glob(f"{old}.*")):
+            digest.update(f.suffix.encode() + b"\0" + bytes.fromhex(file_digest(f, "sha256")))
+        new = uuid.UUID(bytes=digest.digest()[:16], version=4)
+        renames[old] = new.hex
+        seg["segment_id"] = str(new)
+    for old, new in renames.items():
+        for f in index_dir.glob(f"{old}.*"):
+            f.rename(index_dir / f"{new}{f.suffix}")
+    meta["segments"].sort(key=lambda seg: seg["segment_id"])
+    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    managed = index_dir / ".managed.json"
+    if managed.exists():
+        names = []
+        for name in json.loads(managed.read_text(encoding="utf-8")):
+            stem, dot, ext = name.partition(".")
+            names.append(renames.get(stem, stem) + dot + ext)
+        names.sort()
+        managed.write_text(json.dumps(names), encoding="utf-8")
 
 
 class EmbeddedSearcher:

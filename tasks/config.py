@@ -159,7 +159,15 @@ class Bm25(Section):
     analyzer: Literal["english", "standard"] = Field(
         "english", description="english: lowercase+stopwords+stemming; standard: lowercase tokens"
     )
-    threads: PositiveInt = Field(2, description="indexing threads and query worker processes")
+    threads: PositiveInt = Field(2, description="query worker processes of the mining stage")
+    index_threads: PositiveInt = Field(
+        1,
+        description="embedded indexing threads; 1 gives a byte-identical index for the same input, "
+        "more index faster but split documents across segments at random (search results stay identical)",
+    )
+    index_heap_mb: Annotated[int, Field(ge=20, le=4000)] = Field(
+        1000, description="embedded indexer memory budget per thread (MB); more = fewer segments"
+    )
     rescore_depth: PositiveInt = Field(1000, description="embedded, k1/b not 1.2/0.75: candidates re-scored")
     query_batch: PositiveInt = Field(256, description="queries per work unit sent to a worker")
     elasticsearch: Elasticsearch = Elasticsearch()

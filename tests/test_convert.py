@@ -201,9 +201,9 @@ def test_pipeline_on_sample(tmp_path: Path, sample_md5_ok: None) -> None:
     for split in ("train", "dev"):
         assert convert.main(["pipeline", "--split", split, "--params", str(params)]) == 0
     qa = tmp_path / "qa"
-    first = {p.name: p.read_bytes() for p in qa.iterdir()}
+    first = {str(p.relative_to(qa)): p.read_bytes() for p in qa.rglob("*") if p.is_file()}
     assert sorted(first) == sorted(
-        f"{s}.{suffix}"
+        f"{s}/{s}.{suffix}"
         for s in ("train", "dev")
         for suffix in (
             "jsonl.gz",
@@ -217,7 +217,8 @@ def test_pipeline_on_sample(tmp_path: Path, sample_md5_ok: None) -> None:
     for split in ("train", "dev"):
         source = load_json(SAMPLE / f"{split}_v2.1.json.gz")
         rows = reference_rows(source)
-        assert load_jsonl(qa / f"{split}.jsonl.gz") == rows
+        out = qa / split
+        assert load_jsonl(out / f"{split}.jsonl.gz") == rows
         kept = (EXP / f"sample.{split}.wellformed_keys.txt").read_text().split()
         expected_wf = [
             {
@@ -226,11 +227,11 @@ def test_pipeline_on_sample(tmp_path: Path, sample_md5_ok: None) -> None:
             }
             for k in kept
         ]
-        assert load_jsonl(qa / f"{split}.wellformed.jsonl.gz") == expected_wf
-        assert_stats_match(load_json(qa / f"{split}.stats.json"), None, f"sample.{split}")
+        assert load_jsonl(out / f"{split}.wellformed.jsonl.gz") == expected_wf
+        assert_stats_match(load_json(out / f"{split}.stats.json"), None, f"sample.{split}")
     # Deterministic: a second run gives the same bytes, PNGs included.
     assert convert.main(["pipeline", "--split", "dev", "--params", str(params)]) == 0
-    assert {p.name: p.read_bytes() for p in qa.iterdir()} == first
+    assert {str(p.relative_to(qa)): p.read_bytes() for p in qa.rglob("*") if p.is_file()} == first
 
 
 def test_pipeline_rejects_unknown_split(tmp_path: Path) -> None:
