@@ -48,7 +48,8 @@ bench: setup ## install benchmark extras and list the benchmark scripts
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	@ls benchmarks/*.py
 
-lock: ## regenerate constraints.txt from the current .venv (after changing pyproject)
+lock: ## regenerate constraints.txt (dev + bench extras) from the current .venv (after changing pyproject)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt
 
 clean: ## remove pipeline outputs (keeps .venv and the DVC cache)

@@ -61,7 +61,7 @@ def test_score_denoise_export_chain(params: Path) -> None:
     assert read_json(cfg.path("metrics") / "score.json")["pairs_distinct"] == table.num_rows
     assert denoise.main(["--params", str(params)]) == 0
     metrics = read_json(cfg.path("metrics") / "denoise.json")
-    assert metrics["rule"] == "absolute" and metrics["margin"] == 3.0
+    assert metrics["rule"] == cfg.denoise.rule and metrics["margin"] == cfg.denoise.margin
     assert (cfg.path("out") / "msmarco-hard-negatives.denoised.jsonl.gz").exists()
     assert export.main(["--params", str(params)]) == 0
     assert {p.name for p in cfg.path("exports").iterdir()} == {
