@@ -184,9 +184,9 @@ def canonicalize_segments(index_dir: Path) -> None:
         digest = hashlib.sha256()
         for f in sorted(index_dir.glob(f"{old}.*")):
             digest.update(f.suffix.encode() + b"\0" + bytes.fromhex(file_digest(f, "sha256")))
-        new = uuid.UUID(bytes=digest.digest()[:16], version=4)
-        renames[old] = new.hex
-        seg["segment_id"] = str(new)
+        seg_id = uuid.UUID(bytes=digest.digest()[:16], version=4)
+        renames[old] = seg_id.hex
+        seg["segment_id"] = str(seg_id)
     for old, new in renames.items():
         for f in index_dir.glob(f"{old}.*"):
             f.rename(index_dir / f"{new}{f.suffix}")
@@ -214,7 +214,7 @@ class EmbeddedSearcher:
         self.index = tantivy.Index.open(str(index_dir))
         self.analyzer = make_analyzer(params.analyzer)
         self.index.register_tokenizer("bm25", self.analyzer)
-        self.searcher = self.index.searcher()
+        self.searcher: Any = self.index.searcher()
         self.schema = self.index.schema
         self.n_docs = self.searcher.num_docs
         self.rescore = needs_rescore(params)
@@ -261,12 +261,12 @@ class EmbeddedSearcher:
         query = self._query(tokens)
         if not self.rescore:
             hits = self._engine_top(query, k)
-            pids = self.searcher.fast_field_values("pid", [a for _, a in hits])
+            pids: list[Any] = self.searcher.fast_field_values("pid", [a for _, a in hits])
             scale = 1.0 + BUILTIN_K1
             return sort_ranked(zip(pids, (s / scale for s, _ in hits), strict=True), k)
         hits = self._engine_top(query, max(k, self.params.rescore_depth))
         addrs = [a for _, a in hits]
-        pids = self.searcher.fast_field_values("pid", addrs)
+        pids = list(self.searcher.fast_field_values("pid", addrs))
         qtf = Counter(tokens)
         idf = {tok: self._idf_of(tok) for tok in qtf}
         k1, b = self.params.k1, self.params.b

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -80,6 +80,7 @@ class QueryPool:
         tasks = [(list(texts[i : i + step]), k) for i in range(0, len(texts), step)]
         out: list[Ranked] = []
         with tqdm(total=len(texts), desc=desc, unit="q", mininterval=2) as bar:
+            results: Iterator[list[Ranked]]
             if self.searcher is not None:
                 results = (self.searcher.search(*task) for task in tasks)
             else:
@@ -160,7 +161,9 @@ def _mine(
     max_pos = max(len(positives[q]) for q in train)
     ranked = pool.search([queries[q] for q in train], mine.top_k + max_pos, "bm25 mine")
     secs = time.perf_counter() - start
-    qids_col, pids_col, scores_col = [], [], []
+    qids_col: list[int] = []
+    pids_col: list[int] = []
+    scores_col: list[float] = []
     empty = 0
     for qid, hits in zip(train, ranked, strict=True):
         pos = set(positives[qid])
@@ -192,7 +195,9 @@ def _eval_run(pool: QueryPool, name: str, path: Path, runs_dir: Path, mine: Mine
         for r, (pid, s) in enumerate(hits, 1)
     ]
     write_run(runs_dir / f"{name}.full.trec", sorted(run_hits, key=lambda h: (h.qid, h.rank)), TAG)
-    log.info("bm25 %s: %d queries in %.1f s (%.0f queries/s)", name, len(evq), secs, len(evq) / max(secs, 1e-9))
+    log.info(
+        "bm25 %s: %d queries in %.1f s (%.0f queries/s)", name, len(evq), secs, len(evq) / max(secs, 1e-9)
+    )
     return {"queries": len(evq), "empty_result": sum(not h for h in ranked)}
 
 

@@ -524,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--out", type=Path, help="directory for the stats JSON, CSV and PNGs")
     pl = command(
         "pipeline",
-        "DVC stage qa@<split>: inputs.qa_<split> -> paths.qa/<split>/<split>.jsonl.gz, <split>.wellformed.jsonl.gz, "
-        "<split>.stats.json, <split>.lengths.csv and PNGs, in one pass",
+        "DVC stage qa@<split>: inputs.qa_<split> -> paths.qa/<split>/: <split>.jsonl.gz, "
+        "<split>.wellformed.jsonl.gz, <split>.stats.json, <split>.lengths.csv and PNGs, in one pass",
         "python -m tasks.convert pipeline --split train --params params.yaml",
     )
     pl.add_argument("--split", required=True, help="a split of convert.splits (train, dev)")
