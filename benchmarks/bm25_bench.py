@@ -71,13 +71,13 @@ def _peak_rss_mb() -> float:
     return max(own, kids) / 1024
 
 
-def worker_embedded(coll: Path, queries: Path, work: Path, threads: int, k: int) -> dict:
+def worker_embedded(coll: Path, queries: Path, work: Path, threads: int, k: int, index_threads: int) -> dict:
     from tasks.bm25_index import run as build
     from tasks.bm25_mine import search_all
     from tasks.config import Bm25
     from tasks.records import read_queries
 
-    params = Bm25(threads=threads, index_threads=threads)
+    params = Bm25(threads=threads, index_threads=index_threads)
     t0 = time.perf_counter()
     stats = build(coll, work / "idx", params)
     t1 = time.perf_counter()
@@ -95,7 +95,7 @@ def worker_embedded(coll: Path, queries: Path, work: Path, threads: int, k: int)
     }
 
 
-def worker_bm25s(coll: Path, queries: Path, work: Path, threads: int, k: int) -> dict:
+def worker_bm25s(coll: Path, queries: Path, work: Path, threads: int, k: int, index_threads: int) -> dict:
     import bm25s
 
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def worker_bm25s(coll: Path, queries: Path, work: Path, threads: int, k: int) ->
     }
 
 
-def _child(engine: str, coll: Path, queries: Path, threads: int, k: int) -> dict:
+def _child(engine: str, coll: Path, queries: Path, threads: int, k: int, index_threads: int) -> dict:
     with tempfile.TemporaryDirectory(dir=coll.parent) as work:
         cmd = [
             sys.executable,
@@ -137,6 +137,8 @@ def _child(engine: str, coll: Path, queries: Path, threads: int, k: int) -> dict
             str(threads),
             "--k",
             str(k),
+            "--index-threads",
+            str(index_threads),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
@@ -150,7 +152,13 @@ def main() -> int:
     ap.add_argument("--queries-n", type=int, default=10_000)
     ap.add_argument("--vocab", type=int, default=200_000)
     ap.add_argument("--k", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="query workers (both engines)")
+    ap.add_argument(
+        "--index-threads",
+        type=int,
+        default=2,
+        help="embedded indexing threads (bm25.index_threads defaults to 1: a byte-identical index)",
+    )
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--skip-bm25s", action="store_true")
     ap.add_argument("--worker", choices=["embedded", "bm25s"], help=argparse.SUPPRESS)
@@ -160,7 +168,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         fn = worker_embedded if args.worker == "embedded" else worker_bm25s
-        sys.stdout.write(json.dumps(fn(args.coll, args.queries, args.work, args.threads, args.k)) + "\n")
+        sys.stdout.write(
+            json.dumps(fn(args.coll, args.queries, args.work, args.threads, args.k, args.index_threads))
+            + "\n"
+        )
         return 0
 
     with tempfile.TemporaryDirectory(prefix="bm25bench-") as tmp:
@@ -175,16 +186,19 @@ def main() -> int:
             sys.stderr.write(
                 f"generated {n} passages + {args.queries_n} queries in {time.perf_counter() - t:.0f} s\n"
             )
-            results[f"embedded@{tag}"] = _child("embedded", coll, queries, args.threads, args.k)
+            results[f"embedded@{tag}"] = _child(
+                "embedded", coll, queries, args.threads, args.k, args.index_threads
+            )
             sys.stderr.write(f"embedded@{tag}: {results[f'embedded@{tag}']}\n")
             if tag == "main" and not args.skip_bm25s:
-                results["bm25s"] = _child("bm25s", coll, queries, args.threads, args.k)
+                results["bm25s"] = _child("bm25s", coll, queries, args.threads, args.k, args.index_threads)
                 sys.stderr.write(f"bm25s: {results['bm25s']}\n")
     emb = results["embedded@main"]
     rows = [("embedded (tantivy)", emb)] + ([("bm25s", results["bm25s"])] if "bm25s" in results else [])
     print(
         f"\nBM25, {args.n:,} synthetic passages (~56 words, Zipf vocab {args.vocab:,}), "
-        f"{args.queries_n:,} queries, top-{args.k}, {args.threads} workers\n"
+        f"{args.queries_n:,} queries, top-{args.k}, {args.threads} query workers, "
+        f"{args.index_threads} embedded indexing thread(s)\n"
     )
     print(f"| engine | index passages/s | top-{args.k} queries/s | peak RSS (MB) |")
     print("|---|---:|---:|---:|")
