@@ -9,12 +9,15 @@
   hits and are counted, not failed), qrels rows whose pid is not in the collection (counted and
   logged: such a positive can never be retrieved), qrels qids without query text, queries/s.
 
-Queries are searched by ``bm25.threads`` worker processes (threads for Elasticsearch).
+Queries are searched by ``bm25.threads`` worker processes (threads for Elasticsearch), or, with
+``orchestration.dask_address`` set, in batches of ``bm25.query_batch`` on that Dask cluster
+(:func:`search_shard`; each worker opens the index once, from a shared filesystem).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -30,6 +33,7 @@ from tasks.bm25_backends import Ranked, Searcher, load_pids, open_backend
 from tasks.config import Bm25, ConfigError, Mine, load_config
 from tasks.io import DataError, write_json
 from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run
+from tasks.scaleout import executor as shard_executor
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +51,37 @@ def _work(task: tuple[list[str], int]) -> list[Ranked]:
     return _WORKER.search(*task)
 
 
-class QueryPool:
-    """``bm25.threads`` searchers opened once and reused for every query set of the stage."""
+_SHARD_SEARCHERS: dict[tuple[str, Bm25], Searcher] = {}
 
-    def __init__(self, index_dir: Path, params: Bm25) -> None:
+
+def search_shard(index_dir: str, params: Bm25, texts: list[str], k: int) -> list[Ranked]:
+    """Top ``k`` of each text: a pure shard for any executor (a Dask worker opens the index once)."""
+    key = (index_dir, params)
+    if key not in _SHARD_SEARCHERS:
+        _SHARD_SEARCHERS[key] = open_backend(Path(index_dir), params)
+    return _SHARD_SEARCHERS[key].search(texts, k)
+
+
+class QueryPool:
+    """``bm25.threads`` searchers opened once and reused for every query set of the stage.
+
+    With ``cluster`` (a Dask ``get_executor()`` or any ``concurrent.futures`` executor), the
+    query batches go there instead, as :func:`search_shard` calls; results keep input order.
+    """
+
+    def __init__(self, index_dir: Path, params: Bm25, cluster: Executor | None = None) -> None:
         self.params = params
+        self.index_dir = str(Path(index_dir).resolve())
+        self.cluster = cluster
         self.searcher: Searcher | None = None
         self.pool: Executor | None = None
-        if params.threads == 1:
+        if cluster is None and params.threads == 1:
             self.searcher = open_backend(index_dir, params)
-        elif params.backend == "embedded":  # tantivy holds the GIL while searching: processes
+        elif cluster is None and params.backend == "embedded":  # tantivy holds the GIL: processes
             self.pool = ProcessPoolExecutor(
                 params.threads, get_context("spawn"), initializer=_init_worker, initargs=(index_dir, params)
             )
-        else:  # the cluster does the work: threads are enough
+        elif cluster is None:  # Elasticsearch does the work: threads are enough
             self.pool = ThreadPoolExecutor(
                 params.threads, initializer=_init_worker, initargs=(index_dir, params)
             )
@@ -81,7 +102,10 @@ class QueryPool:
         out: list[Ranked] = []
         with tqdm(total=len(texts), desc=desc, unit="q", mininterval=2) as bar:
             results: Iterator[list[Ranked]]
-            if self.searcher is not None:
+            if self.cluster is not None:
+                futures = [self.cluster.submit(search_shard, self.index_dir, self.params, *t) for t in tasks]
+                results = (f.result() for f in futures)
+            elif self.searcher is not None:
                 results = (self.searcher.search(*task) for task in tasks)
             else:
                 assert self.pool is not None
@@ -116,8 +140,12 @@ def run(
     summary_out: Path,
     params: Bm25,
     mine: Mine,
+    cluster: Executor | None = None,
 ) -> dict:
-    """Mine BM25 negatives for the training queries and write the eval runs; returns the summary."""
+    """Mine BM25 negatives for the training queries and write the eval runs; returns the summary.
+
+    ``cluster``: an executor (Dask) to run the query batches on; default local processes.
+    """
     index_dir = Path(index_dir)
     pids = load_pids(index_dir)
     positives = qrels_by_query(read_qrels(qrels_train))
@@ -140,7 +168,7 @@ def run(
         "qrels_qids_without_text": missing_text,
     }
 
-    with QueryPool(index_dir, params) as pool:
+    with QueryPool(index_dir, params, cluster) as pool:
         _mine(pool, train, queries, positives, negatives_out, summary, mine)
         for name, path in sorted(eval_queries.items()):
             summary[name] = _eval_run(pool, name, path, Path(runs_dir), mine)
@@ -214,17 +242,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.params)
-        run(
-            index_dir=cfg.path("bm25_index"),
-            queries_train=cfg.input_path("queries_train"),
-            qrels_train=cfg.input_path("qrels_train"),
-            eval_queries={"dev": cfg.input_path("queries_dev"), "dl19": cfg.input_path("queries_dl19")},
-            negatives_out=cfg.path("negatives") / "bm25.parquet",
-            runs_dir=cfg.path("runs") / TAG,
-            summary_out=cfg.path("metrics") / "bm25_mine.json",
-            params=cfg.bm25,
-            mine=cfg.mine,
-        )
+        with contextlib.ExitStack() as stack:
+            cluster = None
+            if cfg.orchestration.dask_address:  # local runs keep bm25.threads processes
+                cluster = stack.enter_context(shard_executor(cfg.orchestration))
+            run(
+                index_dir=cfg.path("bm25_index"),
+                queries_train=cfg.input_path("queries_train"),
+                qrels_train=cfg.input_path("qrels_train"),
+                eval_queries={"dev": cfg.input_path("queries_dev"), "dl19": cfg.input_path("queries_dl19")},
+                negatives_out=cfg.path("negatives") / "bm25.parquet",
+                runs_dir=cfg.path("runs") / TAG,
+                summary_out=cfg.path("metrics") / "bm25_mine.json",
+                params=cfg.bm25,
+                mine=cfg.mine,
+                cluster=cluster,
+            )
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

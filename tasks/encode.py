@@ -49,6 +49,8 @@ from tasks.accel import Accel, place, resolve
 from tasks.config import ROOT, ConfigError, DenseSystem, Encode, load_config
 from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
 from tasks.records import read_collection, read_queries
+from tasks.scaleout import InlineExecutor
+from tasks.scaleout import executor as shard_executor
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +156,6 @@ def encode_shard(spec: ShardSpec, progress: Callable[[int], object] | None = Non
     if out is None:
         raise ValueError(f"shard {spec.key[:12]}: no texts to encode")
     return ShardResult(spec.key, out)
-
-
-class InlineExecutor:
-    """Runs each task at submit time, in this process (the default)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # handed to the caller through .result(), as any executor does
-            fut.set_exception(exc)
-        return fut
 
 
 # --------------------------------------------------------------------------- cache
@@ -451,7 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         parts = {"corpus": cfg.input_path("collection")}
         parts.update({p: cfg.input_path(key) for p, key in QUERY_INPUTS.items()})
         out, cache = cfg.path("embeddings") / args.system, cfg.path("embedding_cache")
-        stats = run(args.system, system, cfg.encode, parts, out, cache)
+        # shards go to the Dask cluster (orchestration.dask_address) or local worker processes;
+        # where they run never changes the bytes (a shard depends only on its spec)
+        with shard_executor(cfg.orchestration) as ex:
+            stats = run(
+                args.system, system, cfg.encode, parts, out, cache,
+                executor=None if isinstance(ex, InlineExecutor) else ex,
+            )  # fmt: skip
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -74,3 +74,30 @@ def test_score_shards_on_dask_match_in_process(models, dask_orch, tmp_path: Path
     assert local == remote and local["shards"] >= 3
     for rel in ("scores/ce-scores.parquet", "ce.pkl.gz"):
         assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "dask" / rel).read_bytes()
+
+
+def test_bm25_mining_on_dask_matches_local(dask_orch, tmp_path: Path):
+    from tasks.bm25_index import run as build_index
+    from tasks.bm25_mine import run as mine_run
+    from tasks.config import Bm25, Mine
+    from tests._bm25_helpers import synthetic, write_tsv
+
+    passages, queries, qrels = synthetic()
+    coll = write_tsv(tmp_path / "collection.tsv", passages)
+    qtrain = write_tsv(tmp_path / "queries.train.tsv", queries)
+    qrels_path = tmp_path / "qrels.train.tsv"
+    qrels_path.write_text("".join(f"{q}\t0\t{p}\t1\n" for q, p in qrels))
+    params = Bm25(threads=1, query_batch=4)  # several batches, so several shards on the cluster
+    build_index(coll, tmp_path / "idx", params)
+
+    def run(out: Path, ex) -> dict:
+        return mine_run(
+            tmp_path / "idx", qtrain, qrels_path, {"dev": qtrain}, out / "bm25.parquet", out / "runs",
+            out / "summary.json", params, Mine(top_k=10, eval_depth=20), cluster=ex,
+        )  # fmt: skip
+
+    local = run(tmp_path / "local", None)
+    with executor(dask_orch) as ex:
+        remote = run(tmp_path / "dask", ex)
+    assert local == remote and local["train_hits"] > 0
+    assert _files(tmp_path / "local") == _files(tmp_path / "dask")
