@@ -20,7 +20,7 @@ def fixture_dir(name: str) -> Path:
     for base in (ROOT / "tests" / "fixtures", ROOT.parent / "shared" / "fixtures"):
         if (base / name).is_dir():
             return base / name
-    pytest.skip(f"reference fixtures {name!r} not found under tests/fixtures or ../shared/fixtures")
+    pytest.fail(f"reference fixtures {name!r} not found under tests/fixtures or ../shared/fixtures")
 
 
 def read_trec_results(path: Path) -> Run:
