@@ -341,8 +341,19 @@ def _shard_path(shards_dir: Path, index: int) -> Path:
     return shards_dir / f"shard-{index:05d}.parquet"
 
 
+def model_identity(model: ModelSpec) -> dict[str, Any]:
+    """The model as the manifest records it: a local directory by its content hash, never by
+    where it lives, so the same model gives the same bytes in any checkout."""
+    from tasks.encode import model_revision
+
+    ident = asdict(model)
+    if Path(model.model).is_dir():
+        ident.update(model="local-dir", revision=model_revision(model.model, model.revision))
+    return ident
+
+
 def _reusable(manifest: dict[str, Any], model: ModelSpec, shard_size: int) -> dict[int, dict[str, Any]]:
-    if manifest.get("version") != MANIFEST_VERSION or manifest.get("model") != asdict(model):
+    if manifest.get("version") != MANIFEST_VERSION or manifest.get("model") != model_identity(model):
         return {}
     if manifest.get("shard_size") != shard_size:
         return {}
@@ -420,7 +431,7 @@ def run(
     old = _reusable(read_json(manifest_path), model, ce.shard_size) if manifest_path.exists() else {}
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
-        "model": asdict(model),
+        "model": model_identity(model),
         "shard_size": ce.shard_size,
     }
     shards: dict[int, dict[str, Any]] = {}

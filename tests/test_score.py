@@ -147,6 +147,17 @@ def test_same_bytes_with_a_thread_pool(world: World, ce_path: str, reference, tm
     assert _outputs(tmp_path) == _outputs(reference[0])
 
 
+def test_same_bytes_wherever_the_model_directory_lives(
+    world: World, ce_path: str, reference, tmp_path: Path
+) -> None:
+    """Another checkout (another absolute path) writes the same files, shard manifest included."""
+    moved = shutil.copytree(ce_path, tmp_path / "elsewhere" / "smoke-cross-encoder")
+    _run(world, tmp_path, str(moved))
+    files = ("scores/ce-scores.parquet", "scores/shards/manifest.json", "tiny-ce-scores.pkl.gz")
+    assert all((tmp_path / f).read_bytes() == (reference[0] / f).read_bytes() for f in files)
+    assert str(tmp_path) not in (tmp_path / "scores/shards/manifest.json").read_text()
+
+
 def _small_world(tmp_path: Path, collection: list[str], records: list[HardNegatives]) -> World:
     coll, queries, negs = tmp_path / "c.tsv", tmp_path / "q.tsv", tmp_path / "hn.jsonl.gz"
     write_id_text(coll, enumerate(collection))
