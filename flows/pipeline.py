@@ -4,8 +4,10 @@ How the flow and DVC cooperate: ``dvc.yaml`` is the single declaration of the st
 flow reads the stage graph from DVC, orders it topologically, and runs each stage as a
 Prefect task that asks DVC to reproduce exactly that stage (``dvc repro --single-item``).
 DVC decides what is cached or out of date and writes ``dvc.lock``; Prefect adds retries,
-logs, a UI and a run summary. So ``dvc repro`` and this flow run the same stage code and
-leave the same artifacts and lock file, and a second run of either is a no-op.
+logs, a UI and a run summary. One ``dvc status`` at the start spares the ``dvc repro`` call of
+every stage that is up to date and downstream of nothing that runs. So ``dvc repro`` and this
+flow run the same stage code and leave the same artifacts and lock file, and a second run of
+either is a no-op.
 
 DVC holds a repository lock while it reproduces, so stages run one at a time; the
 parallelism lives inside the stages (threads, processes, shards, a Dask cluster).
@@ -17,6 +19,7 @@ parallelism lives inside the stages (threads, processes, shards, a Dask cluster)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,17 +41,22 @@ def dvc_bin() -> str:
     return str(local) if local.exists() else "dvc"
 
 
-def stage_order(root: Path = ROOT, targets: list[str] | None = None) -> list[str]:
-    """Stage names of ``dvc.yaml`` in a deterministic topological order (deps first).
-
-    With ``targets``, only those stages and their upstream stages.
-    """
+def _stage_graph(root: Path) -> nx.DiGraph:
+    """The stage graph of ``dvc.yaml``, edges from a stage to the stages that depend on it."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         names = {stage: stage.name for stage in graph.nodes}  # one dvc.yaml, at the root
-        order_graph = nx.relabel_nodes(graph, names).reverse(copy=True)
+        return nx.relabel_nodes(graph, names).reverse(copy=True)
+
+
+def stage_order(root: Path = ROOT, targets: list[str] | None = None) -> list[str]:
+    """Stage names of ``dvc.yaml`` in a deterministic topological order (deps first).
+
+    With ``targets``, only those stages and their upstream stages.
+    """
+    order_graph = _stage_graph(root)
     if targets:
         unknown = sorted(set(targets) - set(order_graph.nodes))
         if unknown:
@@ -58,6 +66,12 @@ def stage_order(root: Path = ROOT, targets: list[str] | None = None) -> list[str
             keep |= nx.ancestors(order_graph, target)
         order_graph = order_graph.subgraph(keep)
     return list(nx.lexicographical_topological_sort(order_graph, key=str))
+
+
+def stale_stages(root: Path = ROOT) -> set[str]:
+    """Stages ``dvc status`` finds out of date (changed deps, outs, params or command)."""
+    proc = run_dvc(["status", "--json"], root)
+    return set(json.loads(proc.stdout or "{}"))
 
 
 def run_dvc(args: list[str], root: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -150,12 +164,24 @@ def pipeline(
 
     cfg = load_config(project / params)
     order = stage_order(project, stages)
+    graph = _stage_graph(project)
     logger.info("profile %s: %d stages: %s", cfg.profile, len(order), ", ".join(order))
+    # One `dvc status` up front: a stage it finds up to date, none of whose upstream stages
+    # runs in this flow, is up to date without asking DVC again (20 `dvc repro` calls of ~2 s).
+    stale = set(order) if force else stale_stages(project)
+    ran: set[str] = set()
     results = []
     for stage in order:
+        if stage not in stale and not (nx.ancestors(graph, stage) & ran):
+            logger.info("%s: up to date (dvc status)", stage)
+            results.append({"stage": stage, "ran": False, "seconds": 0.0})
+            continue
         retries = 2 if stage.startswith(NETWORK_STAGES) else 0
         runner = reproduce.with_options(retries=retries, retry_delay_seconds=10)
-        results.append(runner(stage, force=force, root=str(project)))
+        result = runner(stage, force=force, root=str(project))
+        if result["ran"]:
+            ran.add(stage)
+        results.append(result)
     create_markdown_artifact(
         key="pipeline-summary",
         markdown=summary_markdown(results, cfg.profile, evaluation_markdown(project, project / params)),

@@ -75,3 +75,22 @@ def test_flow_runs_then_is_a_noop_and_publishes_a_summary(prefect_harness, mini_
 def test_failing_stage_fails_the_flow_with_dvc_output(prefect_harness, mini_project):
     with pytest.raises(RuntimeError, match="boom: bad input"):
         pipeline(stages=["broken"], root=str(mini_project))
+
+
+def test_upstream_change_reruns_what_depends_on_it(prefect_harness, mini_project):
+    """The up-front `dvc status` never hides a stage whose upstream stage runs in the same flow."""
+    targets = ["second@x", "second@y"]
+    pipeline(stages=targets, root=str(mini_project))
+    dvc_yaml = yaml.safe_load((mini_project / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["first"]["cmd"] = dvc_yaml["stages"]["first"]["cmd"].replace(
+        "write('a')", "write('b')"
+    )
+    (mini_project / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml))
+    again = pipeline(stages=targets, root=str(mini_project))
+    # only `first` is stale before the flow starts; the second@ stages rerun because it ran
+    assert [(r["stage"], r["ran"]) for r in again] == [
+        ("first", True),
+        ("second@x", True),
+        ("second@y", True),
+    ]
+    assert (mini_project / "y.txt").read_text() == "by"
