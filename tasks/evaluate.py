@@ -22,7 +22,6 @@ table with ``skipped=<reason>`` metadata is reported as skipped with the reason.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from array import array
@@ -35,9 +34,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tasks.config import ConfigError, Evaluate, load_config
-from tasks.io import DataError, atomic_dir, iter_lines, write_json
+from tasks.io import DataError, atomic_dir, write_json
 from tasks.metrics import Qrels, Run, msmarco_mrr, trec_eval
-from tasks.records import read_hits, read_qrels, read_run
+from tasks.records import read_hard_negatives, read_hits, read_qrels, read_run
 from tasks.report import report_markdown, write_report
 
 log = logging.getLogger(__name__)
@@ -176,16 +175,10 @@ def ce_score_histogram(scores_file: Path, hard_negatives: Path, bins: int) -> li
     skeys, s_v = skeys[korder], s_v[korder]
     pos_keys: list[int] = []
     neg_keys: list[int] = []
-    for lineno, line in iter_lines(hard_negatives):
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{hard_negatives}:{lineno}: invalid JSON ({exc.msg})") from None
-        q = int(rec["qid"])
-        pos_keys.extend(q * int(width) + p for p in rec["pos"] if p < width)
-        negs = {p for pids in rec["neg"].values() for p in pids}
+    for rec in read_hard_negatives(hard_negatives):
+        q = rec.qid
+        pos_keys.extend(q * int(width) + p for p in rec.pos if p < width)
+        negs = {p for pids in rec.neg.values() for p in pids}
         neg_keys.extend(q * int(width) + p for p in sorted(negs) if p < width)
 
     def lookup(keys: list[int]) -> np.ndarray:
