@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tasks.bm25_backends import PIDS, TANTIVY_DIR, build_embedded, write_manifest
-from tasks.config import Bm25, ConfigError, load_config
+from tasks.cli import run_stage, stage_parser
+from tasks.config import Bm25
 from tasks.io import DataError, atomic_dir
 from tasks.records import read_collection
 
@@ -61,24 +62,18 @@ def run(collection: Path, out_dir: Path, params: Bm25) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.bm25_index",
-        description="Build the BM25 index of the passage collection (inputs.collection -> paths.bm25_index) "
+    parser = stage_parser(
+        "tasks.bm25_index",
+        "Build the BM25 index of the passage collection (inputs.collection -> paths.bm25_index) "
         "with the backend, analyzer and k1/b of the bm25 section of params.yaml.",
-        epilog="example: python -m tasks.bm25_index --params params.yaml\n"
+        "python -m tasks.bm25_index --params params.yaml\n"
         "elasticsearch: ELASTICSEARCH_URL=http://localhost:9200 python -m tasks.bm25_index",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.params)
-        run(cfg.input_path("collection"), cfg.path("bm25_index"), cfg.bm25)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+    return run_stage(
+        args.params, lambda cfg: run(cfg.input_path("collection"), cfg.path("bm25_index"), cfg.bm25)
+    )
 
 
 if __name__ == "__main__":

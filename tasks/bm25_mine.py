@@ -16,7 +16,6 @@ Queries are searched by ``bm25.threads`` worker processes (threads for Elasticse
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -30,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tasks.bm25_backends import Ranked, Searcher, load_pids, open_backend
-from tasks.config import Bm25, ConfigError, Mine, load_config
+from tasks.cli import run_stage, stage_parser
+from tasks.config import Bm25, Config, Mine
 from tasks.io import DataError, write_json
 from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run
 from tasks.scaleout import executor as shard_executor
@@ -230,18 +230,16 @@ def _eval_run(pool: QueryPool, name: str, path: Path, runs_dir: Path, mine: Mine
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.bm25_mine",
-        description="Mine BM25 hard negatives (top mine.top_k, positives removed) for every training query "
+    parser = stage_parser(
+        "tasks.bm25_mine",
+        "Mine BM25 hard negatives (top mine.top_k, positives removed) for every training query "
         "into paths.negatives/bm25.parquet, and write BM25 runs of the dev and TREC DL 2019 queries "
         "(depth mine.eval_depth) into paths.runs/bm25/. Needs the index of 'python -m tasks.bm25_index'.",
-        epilog="example: python -m tasks.bm25_mine --params params.yaml",
+        "python -m tasks.bm25_mine --params params.yaml",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.params)
+
+    def work(cfg: Config) -> None:
         with contextlib.ExitStack() as stack:
             cluster = None
             if cfg.orchestration.dask_address:  # local runs keep bm25.threads processes
@@ -258,10 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 mine=cfg.mine,
                 cluster=cluster,
             )
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+
+    return run_stage(args.params, work)
 
 
 if __name__ == "__main__":

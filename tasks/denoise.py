@@ -22,7 +22,6 @@ raises (the score stage ran on other inputs), never counts as kept or dropped.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Iterator
@@ -32,7 +31,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tasks.config import Denoise, load_config
+from tasks.cli import run_stage, stage_parser
+from tasks.config import Denoise
 from tasks.io import DataError, write_json
 from tasks.records import HardNegatives, read_hard_negatives, write_hard_negatives
 from tasks.score import ScoreLookup, read_scores
@@ -119,31 +119,24 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.denoise",
-        description=(
-            "Drop hard negatives the cross-encoder scores too close to the query's positives "
-            "(denoise.rule: absolute margin or relative TopK-PercPos); write "
-            "paths.out/msmarco-hard-negatives.denoised.jsonl.gz and paths.metrics/denoise.json."
-        ),
-        epilog="example: python -m tasks.denoise --params params.yaml",
+    parser = stage_parser(
+        "tasks.denoise",
+        "Drop hard negatives the cross-encoder scores too close to the query's positives "
+        "(denoise.rule: absolute margin or relative TopK-PercPos); write "
+        "paths.out/msmarco-hard-negatives.denoised.jsonl.gz and paths.metrics/denoise.json.",
+        "python -m tasks.denoise --params params.yaml",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.params)
-    try:
-        run(
+    return run_stage(
+        args.params,
+        lambda cfg: run(
             cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
             cfg.path("scores") / "ce-scores.parquet",
             cfg.path("out") / "msmarco-hard-negatives.denoised.jsonl.gz",
             cfg.path("metrics") / "denoise.json",
             cfg.denoise,
-        )
-    except (DataError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

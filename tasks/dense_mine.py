@@ -23,7 +23,6 @@ A system skipped at encode time writes a zero-row hits file with Parquet metadat
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -36,7 +35,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tasks.accel import DevicePref, configure_threads, resolve
-from tasks.config import ConfigError, DenseSystem, Mine, Search, load_config
+from tasks.cli import run_stage, stage_parser
+from tasks.config import DenseSystem, Mine, Search
 from tasks.encode import Embeddings, load_part, read_manifest
 from tasks.io import DataError, atomic_path, write_json, write_text_atomic
 from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_run, write_hits, write_run
@@ -363,22 +363,18 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.dense_mine",
-        description=(
-            "Search one system's embeddings (from tasks.encode): top mine.top_k hard negatives per training "
-            "query (positives removed) into paths.negatives/<system>.parquet, and dev/DL19 runs (full "
-            "retrieval and re-ranking of BM25's candidates) into paths.runs/<system>/."
-        ),
-        epilog="example: python -m tasks.dense_mine --system smoke-bi-cls-dot",
+    parser = stage_parser(
+        "tasks.dense_mine",
+        "Search one system's embeddings (from tasks.encode): top mine.top_k hard negatives per training "
+        "query (positives removed) into paths.negatives/<system>.parquet, and dev/DL19 runs (full "
+        "retrieval and re-ranking of BM25's candidates) into paths.runs/<system>/.",
+        "python -m tasks.dense_mine --system smoke-bi-cls-dot",
     )
     parser.add_argument("--system", required=True, help="a key of 'systems' in params.yaml")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.params)
-        run(
+    return run_stage(
+        args.params,
+        lambda cfg: run(
             args.system,
             cfg.system(args.system),
             cfg.search,
@@ -391,11 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             runs_dir=cfg.path("runs") / args.system,
             summary_out=cfg.path("metrics") / f"mine-{args.system}.json",
             device=cfg.encode.device,
-        )
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

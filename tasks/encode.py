@@ -27,7 +27,6 @@ A system with ``model: null`` writes only a manifest with ``skipped``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -46,7 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tasks.accel import Accel, place, resolve
-from tasks.config import ROOT, ConfigError, DenseSystem, Encode, load_config
+from tasks.cli import run_stage, stage_parser
+from tasks.config import ROOT, Config, DenseSystem, Encode
 from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
 from tasks.records import read_collection, read_queries
 from tasks.scaleout import InlineExecutor
@@ -420,21 +420,17 @@ def load_part(emb_dir: str | Path, part: str) -> Embeddings:
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.encode",
-        description=(
-            "Encode the corpus and the train/dev/DL19 queries with one system's bi-encoder into float16 "
-            "shards + manifest under paths.embeddings/<system>/. Resumable: complete shards are kept in "
-            "paths.embedding_cache and reused (by model, revision and text hash)."
-        ),
-        epilog="example: python -m tasks.encode --system smoke-bi-cls-dot",
+    parser = stage_parser(
+        "tasks.encode",
+        "Encode the corpus and the train/dev/DL19 queries with one system's bi-encoder into float16 "
+        "shards + manifest under paths.embeddings/<system>/. Resumable: complete shards are kept in "
+        "paths.embedding_cache and reused (by model, revision and text hash).",
+        "python -m tasks.encode --system smoke-bi-cls-dot",
     )
     parser.add_argument("--system", required=True, help="a key of 'systems' in params.yaml")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.params)
+
+    def work(cfg: Config) -> None:
         system = cfg.system(args.system)
         parts = {"corpus": cfg.input_path("collection")}
         parts.update({p: cfg.input_path(key) for p, key in QUERY_INPUTS.items()})
@@ -446,11 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.system, system, cfg.encode, parts, out, cache,
                 executor=None if isinstance(ex, InlineExecutor) else ex,
             )  # fmt: skip
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("stats: %s", json.dumps(stats, sort_keys=True))
-    return 0
+        log.info("stats: %s", json.dumps(stats, sort_keys=True))
+
+    return run_stage(args.params, work)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ The columns are text only, so the files feed the sentence-transformers trainer a
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Iterator
@@ -40,8 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tasks.config import Export, load_config
-from tasks.io import DataError, atomic_dir, file_digest, write_text_atomic
+from tasks.cli import run_stage, stage_parser
+from tasks.config import Export
+from tasks.io import atomic_dir, file_digest, write_text_atomic
 from tasks.records import HardNegatives, read_hard_negatives
 from tasks.score import ScoreLookup, load_texts, read_scores
 
@@ -242,21 +242,17 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.export",
-        description=(
-            "Write training-ready Parquet exports under paths.exports: triplets (query, positive, negative) "
-            "from the denoised hard negatives and MarginMSE rows (+ label = CE(pos) - CE(neg)), with a "
-            "dataset card. export.negatives_per_system negatives per system; deterministic (seed)."
-        ),
-        epilog="example: python -m tasks.export --params params.yaml",
+    parser = stage_parser(
+        "tasks.export",
+        "Write training-ready Parquet exports under paths.exports: triplets (query, positive, negative) "
+        "from the denoised hard negatives and MarginMSE rows (+ label = CE(pos) - CE(neg)), with a "
+        "dataset card. export.negatives_per_system negatives per system; deterministic (seed).",
+        "python -m tasks.export --params params.yaml",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.params)
-    try:
-        run(
+    return run_stage(
+        args.params,
+        lambda cfg: run(
             cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
             cfg.path("out") / "msmarco-hard-negatives.denoised.jsonl.gz",
             cfg.path("scores") / "ce-scores.parquet",
@@ -265,11 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.path("exports"),
             cfg.export,
             cfg.seed,
-        )
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ a repeated pid in a list is dropped with a warning and counted (mining already r
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tasks.config import ConfigError, load_config
+from tasks.cli import run_stage, stage_parser
 from tasks.io import DataError, write_json
 from tasks.records import HardNegatives, qrels_by_query, read_hits, read_qrels, write_hard_negatives
 
@@ -147,31 +146,24 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.merge",
-        description=(
-            "Merge BM25's and every dense system's mined hits (paths.negatives/*.parquet) into "
-            f"paths.out/{OUT_NAME} in the published format: one line per training query with qrels, "
-            '{"qid", "pos", "neg": {system: [pids in rank order]}}, ordered by qid, gzip mtime 0.'
-        ),
-        epilog="example: python -m tasks.merge --params params.yaml",
+    parser = stage_parser(
+        "tasks.merge",
+        "Merge BM25's and every dense system's mined hits (paths.negatives/*.parquet) into "
+        f"paths.out/{OUT_NAME} in the published format: one line per training query with qrels, "
+        '{"qid", "pos", "neg": {system: [pids in rank order]}}, ordered by qid, gzip mtime 0.',
+        "python -m tasks.merge --params params.yaml",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.params)
-        run(
+    return run_stage(
+        args.params,
+        lambda cfg: run(
             ["bm25", *cfg.systems],
             cfg.path("negatives"),
             cfg.input_path("qrels_train"),
             cfg.path("out") / OUT_NAME,
             cfg.path("metrics") / "merge.json",
-        )
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

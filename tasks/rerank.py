@@ -10,7 +10,6 @@ reads ``paths.runs/bm25/<set>.full.trec``, keeps each query's top
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from concurrent.futures import Executor
@@ -18,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.config import CrossEncoderCfg, load_config
-from tasks.io import DataError
+from tasks.cli import run_stage, stage_parser
+from tasks.config import ROOT, Config, CrossEncoderCfg
 from tasks.records import Hit, read_run, write_run
 from tasks.score import ModelSpec, ShardResult, ShardSpec, iter_shard_specs, load_texts, run_shards
 
@@ -81,27 +80,22 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.rerank",
-        description=(
-            "Re-rank BM25's top evaluate.ce_rerank_depth hits of paths.runs/bm25/{dev,dl19}.full.trec "
-            "with the cross-encoder; write paths.runs/cross-encoder/{dev,dl19}.rerank.trec "
-            "for the evaluate stage."
-        ),
-        epilog="example: python -m tasks.rerank --params params.yaml --sets dev dl19",
+    parser = stage_parser(
+        "tasks.rerank",
+        "Re-rank BM25's top evaluate.ce_rerank_depth hits of paths.runs/bm25/{dev,dl19}.full.trec "
+        "with the cross-encoder; write paths.runs/cross-encoder/{dev,dl19}.rerank.trec "
+        "for the evaluate stage.",
+        "python -m tasks.rerank --params params.yaml --sets dev dl19",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
         "--sets", nargs="+", choices=sorted(SETS), default=sorted(SETS), help="evaluation sets"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tasks.config import ROOT
-    from tasks.scaleout import executor
-    from tasks.score import resolve_model
 
-    cfg = load_config(args.params)
-    try:
+    def work(cfg: Config) -> None:
+        from tasks.scaleout import executor
+        from tasks.score import resolve_model
+
         with executor(cfg.orchestration) as ex:
             for name in args.sets:
                 run(
@@ -114,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     model_path=resolve_model(cfg.cross_encoder.model, ROOT),
                     executor=ex,
                 )
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+
+    return run_stage(args.params, work)
 
 
 if __name__ == "__main__":

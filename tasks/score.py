@@ -26,7 +26,6 @@ score from the model raises (naming the shard and pairs), never becomes a number
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import sys
@@ -43,7 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tasks.config import CrossEncoderCfg, load_config
+from tasks.cli import run_stage, stage_parser
+from tasks.config import ROOT, Config, CrossEncoderCfg
 from tasks.io import DataError, atomic_path, file_digest, read_json, write_json
 from tasks.records import read_collection, read_queries
 from tasks.scores_pickle import write_scores_pickle
@@ -511,23 +511,18 @@ def resolve_model(model: str, root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.score",
-        description=(
-            "Score every distinct (qid, pid) of the hard negatives (positives + all systems) once with "
-            "the cross-encoder (cross_encoder.*), in resumable shards; write paths.scores/ce-scores.parquet "
-            "and paths.out/<cross_encoder.name>-scores.pkl.gz."
-        ),
-        epilog="example: python -m tasks.score --params params.yaml",
+    parser = stage_parser(
+        "tasks.score",
+        "Score every distinct (qid, pid) of the hard negatives (positives + all systems) once with "
+        "the cross-encoder (cross_encoder.*), in resumable shards; write paths.scores/ce-scores.parquet "
+        "and paths.out/<cross_encoder.name>-scores.pkl.gz.",
+        "python -m tasks.score --params params.yaml",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tasks.config import ROOT
-    from tasks.scaleout import executor
 
-    cfg = load_config(args.params)
-    try:
+    def work(cfg: Config) -> None:
+        from tasks.scaleout import executor
+
         with executor(cfg.orchestration) as ex:
             run(
                 cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
@@ -540,10 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                 executor=ex,
                 stats_path=cfg.path("metrics") / "score.json",
             )
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+
+    return run_stage(args.params, work)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ those bytes, never the run time or the host.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import shutil
@@ -31,8 +30,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from tasks.config import ConfigError, SmokeModels, load_config
-from tasks.io import DataError, atomic_dir, write_text_atomic
+from tasks.cli import run_stage, stage_parser
+from tasks.config import SmokeModels
+from tasks.io import atomic_dir, write_text_atomic
 from tasks.records import read_collection
 
 log = logging.getLogger(__name__)
@@ -235,25 +235,18 @@ def build_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.smoke_models",
-        description=(
-            "Build the sample profile's tiny SMOKE models (random-init BERT + WordPiece vocab trained on "
-            "the collection): smoke-bi-cls-dot, smoke-bi-mean-cos, smoke-cross-encoder under paths.models. "
-            "Deterministic: same collection, params and seed give byte-identical files."
-        ),
-        epilog="example: python -m tasks.smoke_models --params params.yaml",
+    parser = stage_parser(
+        "tasks.smoke_models",
+        "Build the sample profile's tiny SMOKE models (random-init BERT + WordPiece vocab trained on "
+        "the collection): smoke-bi-cls-dot, smoke-bi-mean-cos, smoke-cross-encoder under paths.models. "
+        "Deterministic: same collection, params and seed give byte-identical files.",
+        "python -m tasks.smoke_models --params params.yaml",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.params)
-        build_all(cfg.input_path("collection"), cfg.path("models"), cfg.smoke_models, cfg.seed)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+    return run_stage(
+        args.params,
+        lambda cfg: build_all(cfg.input_path("collection"), cfg.path("models"), cfg.smoke_models, cfg.seed),
+    )
 
 
 if __name__ == "__main__":
