@@ -51,12 +51,15 @@ def _stage_graph(root: Path) -> nx.DiGraph:
         return nx.relabel_nodes(graph, names).reverse(copy=True)
 
 
-def stage_order(root: Path = ROOT, targets: list[str] | None = None) -> list[str]:
+def stage_order(
+    root: Path = ROOT, targets: list[str] | None = None, graph: nx.DiGraph | None = None
+) -> list[str]:
     """Stage names of ``dvc.yaml`` in a deterministic topological order (deps first).
 
-    With ``targets``, only those stages and their upstream stages.
+    With ``targets``, only those stages and their upstream stages. ``graph``: the stage graph
+    when the caller already has it (reading it opens the DVC repository).
     """
-    order_graph = _stage_graph(root)
+    order_graph = _stage_graph(root) if graph is None else graph
     if targets:
         unknown = sorted(set(targets) - set(order_graph.nodes))
         if unknown:
@@ -163,8 +166,8 @@ def pipeline(
     from tasks.config import load_config
 
     cfg = load_config(project / params)
-    order = stage_order(project, stages)
     graph = _stage_graph(project)
+    order = stage_order(project, stages, graph)
     logger.info("profile %s: %d stages: %s", cfg.profile, len(order), ", ".join(order))
     # One `dvc status` up front: a stage it finds up to date, none of whose upstream stages
     # runs in this flow, is up to date without asking DVC again (20 `dvc repro` calls of ~2 s).
