@@ -20,6 +20,7 @@ the interpreter, default: this one)::
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
@@ -92,20 +93,30 @@ def generate(path: Path, n: int, seed: int = 13) -> None:
 
 
 class Run:
-    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one child process."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of a child process.
+
+    The command runs ``repeat`` times; the figures are those of the fastest run (wall), as
+    ``timeit`` does: on a shared machine the slower runs measure the neighbours.
+    """
+
+    repeat = 3
 
     def __init__(self, cmd: list[str], cwd: Path = ROOT) -> None:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode("utf-8", "replace")
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.wall = time.perf_counter() - start
-        self.cpu = usage.ru_utime + usage.ru_stime
-        self.rss = usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
+        best: tuple[float, float, float] | None = None
+        for _ in range(self.repeat):
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert proc.stderr is not None
+            err = proc.stderr.read().decode("utf-8", "replace")
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed ({status}):\n{err[-2000:]}")
+            run = (wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)  # maxrss: KiB
+            if best is None or run[0] < best[0]:
+                best = run
+        assert best is not None
+        self.wall, self.cpu, self.rss = best
 
 
 def row(task: str, ours: Run, official: Run | None, parity: str = "-") -> tuple[str, ...]:
@@ -153,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--official-python", default=sys.executable, help="interpreter with pandas")
     parser.add_argument("--work-dir", type=Path, help="where the synthetic files go (default: a temp dir)")
     parser.add_argument("--no-scale", action="store_true", help="skip the 4N run")
+    parser.add_argument("--gz", action="store_true", help="also time tojsonl on the gzipped file")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tool; the fastest counts (default 3)")
     args = parser.parse_args(argv)
+    if args.repeat <= 0:
+        parser.error("--repeat must be positive")
+    Run.repeat = args.repeat
     if args.queries <= 0:
         parser.error("--queries must be positive")
     work = Path(tempfile.mkdtemp(prefix="convert-bench-", dir=args.work_dir))
@@ -177,6 +193,24 @@ def main(argv: list[str] | None = None) -> int:
             (work / "off.jsonl").unlink()
         else:
             rows.append(row("tojsonl", ours_j, None))
+
+        if args.gz:  # the released files come gzipped: both tools decompress as they read
+            gz = work / "train.json.gz"
+            with open(src, "rb") as fin, gzip.GzipFile(gz, "wb", compresslevel=6, mtime=0) as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            ours_z = Run([*ours, "tojsonl", str(gz), str(work / "ours_z.jsonl")])
+            if args.official_dir:
+                off_tool = str(args.official_dir / "tojsonl.py")
+                off_z = Run([official, off_tool, str(gz), str(work / "off.jsonl")])
+                parity = (
+                    "same rows" if same_rows(work / "ours_z.jsonl", work / "off.jsonl") else "ROWS DIFFER"
+                )
+                rows.append(row("tojsonl from .json.gz", ours_z, off_z, parity))
+                (work / "off.jsonl").unlink()
+            else:
+                rows.append(row("tojsonl from .json.gz", ours_z, None))
+            gz.unlink()
+            (work / "ours_z.jsonl").unlink()
 
         ours_s = Run([*ours, "stats", str(src)])
         off_s = (
@@ -204,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     out = [
-        f"N = {args.queries} queries ({size_mb:.0f} MB column JSON), official python: {args.official_python}",
+        f"N = {args.queries} queries ({size_mb:.0f} MB column JSON), fastest of {args.repeat} runs each, "
+        f"official python: {args.official_python}",
         "",
         "| task | ours wall s | official wall s | speed-up | ours CPU s | official CPU s | CPU ratio "
         "| ours peak RSS MB | official peak RSS MB | parity |",

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from tasks.io import DataError, write_bytes_atomic, write_json, write_text_atomic
+from tasks.qa_compact import passage_texts
 from tasks.qa_format import (
     NO_WELL_FORMED,
     NO_WELL_FORMED_JSON,
@@ -85,7 +86,7 @@ def tojsonl(src: str | Path, dst: str | Path, tmp_dir: str | Path | None = None)
     """Column JSON (or JSONL) ``src`` -> JSONL ``dst``; returns the number of rows."""
     src, dst = Path(src), Path(dst)
     _require_layout(dst, "jsonl", "tojsonl")
-    with _work_dir(dst, tmp_dir) as tmp, RowReader(src, tmp) as reader, write_text_atomic(dst) as out:
+    with _work_dir(dst, tmp_dir) as tmp, RowReader(src, tmp) as reader, write_bytes_atomic(dst) as out:
         rows = 0
         for line in tqdm(reader.lines(), unit=" rows", desc="tojsonl", mininterval=2):
             out.write(line)
@@ -183,6 +184,12 @@ class DistinctLengths:
         self.hashes, self.lengths = [], []
         return rec
 
+    def discard(self) -> None:
+        """Drop what was added, spills included."""
+        self.hashes, self.lengths, self.spilled = [], [], False
+        for b in range(self.BUCKETS):
+            self._bucket_path(b).unlink(missing_ok=True)
+
     def _bucket_path(self, b: int) -> Path:
         return self.work_dir / f"distinct.{self.name}.{b:02d}"
 
@@ -244,14 +251,22 @@ class QaStats:
     """
 
     def __init__(self, work_dir: Path, public: bool = False) -> None:
+        self.work_dir = work_dir
         self.public = public
+        self.lengths: dict[str, DistinctLengths] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything added (the reader starts over with its exact scanner)."""
+        for old in self.lengths.values():
+            old.discard()
         self.queries = 0
         self.empty_queries = 0
         self.words: Counter[str] = Counter()
         self.types: Counter[str] = Counter()
         self.judgements = self.multiple_answers = 0
         self.wfa = self.wfa_judgements = self.multiple_wfa = 0
-        self.lengths = {f: DistinctLengths(work_dir, f) for f in LENGTH_FIELDS}
+        self.lengths = {f: DistinctLengths(self.work_dir, f) for f in LENGTH_FIELDS}
 
     def add(self, column: str, key: str, value: Any) -> None:
         if column == "query":
@@ -263,7 +278,7 @@ class QaStats:
         elif column == "query_type":
             self.types[value] += 1
         elif column == "passages":
-            self.lengths["passages"].add_many([p["passage_text"] for p in value])
+            self.lengths["passages"].add_many(passage_texts(value))
         elif column == "answers":
             self.judgements += len(value)
             self.multiple_answers += len(value) > 1
@@ -405,7 +420,7 @@ def stats(
     stem = src.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
     with _work_dir(None, tmp_dir) as tmp:
         acc = QaStats(Path(tmp), public=public)
-        with RowReader(src, tmp, on_value=acc.add, keep_values=False) as reader:
+        with RowReader(src, tmp, on_value=acc.add, keep_values=False, on_restart=acc.reset) as reader:
             for _ in _rows(reader, "stats"):
                 pass
         doc, hists = acc.result(src.name, reader.columns)
@@ -422,7 +437,7 @@ def run(split: str, src: str | Path, out_dir: str | Path, params: Convert) -> di
     with _work_dir(full, params.tmp_dir) as tmp:
         acc = QaStats(Path(tmp))
         with (
-            RowReader(src, tmp, on_value=acc.add) as reader,
+            RowReader(src, tmp, on_value=acc.add, on_restart=acc.reset) as reader,
             JsonlWriter(full) as w_full,
             JsonlWriter(subset) as w_wf,
         ):

@@ -102,7 +102,7 @@ def write_text_atomic(final: str | Path, gz: bool | None = None) -> Iterator[IO[
     """
     final = Path(final)
     gz = final.suffix == ".gz" if gz is None else gz
-    with atomic_path(final) as tmp, open(tmp, "wb") as raw:
+    with atomic_path(final) as tmp, open(tmp, "wb", buffering=CHUNK) as raw:
         if gz:
             with _gzip_writer(raw) as zf, io.TextIOWrapper(zf, encoding="utf-8", newline="\n") as fh:
                 yield fh
@@ -117,7 +117,7 @@ def write_bytes_atomic(final: str | Path, gz: bool | None = None) -> Iterator[IO
     """Binary twin of :func:`write_text_atomic`."""
     final = Path(final)
     gz = final.suffix == ".gz" if gz is None else gz
-    with atomic_path(final) as tmp, open(tmp, "wb") as raw:
+    with atomic_path(final) as tmp, open(tmp, "wb", buffering=CHUNK) as raw:
         if gz:
             with _gzip_writer(raw) as zf:
                 yield zf  # type: ignore[misc]
@@ -146,6 +146,13 @@ def open_binary(path: str | Path) -> IO[bytes]:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
+
+
+def disk_position(fh: IO[bytes]) -> int:
+    """Bytes of the file on disk read so far by ``fh`` from :func:`open_binary` (the compressed
+    position for ``*.gz``), for progress bars whose total is the file's size."""
+    raw = getattr(fh, "fileobj", None)
+    return raw.tell() if raw is not None else fh.tell()
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:

@@ -11,11 +11,20 @@ Two layouts hold the same rows (one per query):
 - **JSONL**: one object per line, ``{"answers": [...], "passages": [...], "query": ..., ...}``.
 
 Columns arrive one after another in the column layout, so a row-wise reader cannot hold them
-all: :class:`RowReader` parses the file with a small incremental scanner (the stdlib decoder on
-one value at a time), validates every value, spills each column to a temporary file and then
-zips the spills row by row in ascending key order. Memory does not grow with the file; disk
-use is about the size of the uncompressed input. Values travel between reader and writers as
-compact JSON text (``Row``), so nothing is parsed twice.
+all. :class:`RowReader` has two ways through a column JSON file, with the same results:
+
+- the **fast path** (:mod:`tasks.qa_compact`) for the compact layout of the released files:
+  chunks of whole entries decoded and validated in C, the row keys and each value's length
+  spilled, and the rows zipped by reading every column's entries again from the input (from a
+  copy of them for a ``.gz`` input). Anything it does not recognise, it hands over:
+- the **exact scanner** (:class:`_Scanner`, the stdlib decoder on one value at a time) reads
+  any valid JSON layout, validates every value, spills each column to a temporary file (sorted
+  when the keys are out of order) and zips the spills in ascending key order. Every data error
+  is reported by this scanner, with the line, column and key.
+
+Memory does not grow with the file; disk use is at most about the size of the uncompressed
+input. Values travel between reader and writers as compact JSON text (``Row``), as the input
+writes them (escapes such as ``\\/`` survive; equal as parsed JSON).
 
 Eval files have no ``answers``/``wellFormedAnswers``; the well-formed subsets have ``answers``
 and no ``wellFormedAnswers``. ``wellFormedAnswers`` holds a list of strings or, for "none",
@@ -24,11 +33,14 @@ the *string* ``"[]"`` (:data:`NO_WELL_FORMED`), as in the official data.
 
 from __future__ import annotations
 
+import array
 import codecs
 import contextlib
 import gzip
+import hashlib
 import heapq
 import json
+import logging
 import re
 import shutil
 import zlib
@@ -38,7 +50,10 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from tasks.io import DataError, iter_lines, open_binary, write_text_atomic
+from tasks.io import DataError, disk_position, iter_lines, open_binary, write_text_atomic
+from tasks.qa_compact import NotCompact, read_chunks
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("answers", "passages", "query", "query_id", "query_type", "wellFormedAnswers")
 REQUIRED = ("passages", "query", "query_id", "query_type")
@@ -47,6 +62,7 @@ NO_WELL_FORMED_JSON = json.dumps(NO_WELL_FORMED)
 MAX_VALUE_CHARS = 16 << 20  # one row's value; anything longer is a malformed file
 CHUNK_BYTES = 1 << 20
 SORT_RUN_LINES = 200_000
+ZIP_BLOCK_BYTES = 1 << 16  # keys read at a time when zipping the fast path's columns
 
 # One row: its integer key and {column: the value as compact JSON text}.
 Row = tuple[int, dict[str, str]]
@@ -175,7 +191,7 @@ class _Scanner:
             raw = raw or b"\0"  # not the end of the file
         self.bytes_read += len(raw)
         if self.progress is not None:
-            self.progress.update(len(raw))
+            self.progress.update(disk_position(self.fh) - self.progress.n)
         self.eof = not raw
         if self.buf.find("\n", 0, self.i) != -1:  # memchr; released files are a single line
             self.line += self.buf.count("\n", 0, self.i)
@@ -329,6 +345,11 @@ class RowReader:
     A value that sits on one line in a column JSON file is passed on as the file writes it
     (escapes such as ``\\/`` survive; equal as parsed JSON); other values are re-encoded.
     ``keep_values=False`` validates everything but yields rows of empty texts (statistics).
+    When the fast path gives up part-way, ``on_restart()`` is called before the exact scanner
+    starts over, so that whoever counts ``on_value`` calls can forget them. Passages reach
+    ``on_value`` as :class:`tasks.qa_compact.Passage` objects from the fast path and as dicts
+    from the exact scanner (:func:`tasks.qa_compact.passage_texts` reads both).
+    ``compact=False`` skips the fast path.
     """
 
     def __init__(
@@ -337,16 +358,22 @@ class RowReader:
         work_dir: str | Path,
         on_value: OnValue | None = None,
         keep_values: bool = True,
+        on_restart: Callable[[], None] | None = None,
+        compact: bool = True,
     ) -> None:
         self.path = Path(path)
         self.keep_values = keep_values
         self.layout = layout_of(self.path)
         self.work_dir = Path(work_dir)
         self.on_value = on_value
+        self.on_restart = on_restart
+        self.compact = compact
         self.columns: list[str] = []
         self.rows = 0
         self._stack = contextlib.ExitStack()
         self._spills: dict[str, Path] = {}
+        self._keys: Path | None = None  # set by the fast path: its spills have no keys
+        self._sources: dict[str, tuple[Path, int]] = {}  # fast path: where each column's entries are
         self._first: Row | None = None
         self._lines: Iterator[tuple[int, str]] | None = None
 
@@ -368,6 +395,11 @@ class RowReader:
         self._stack.close()
 
     def __iter__(self) -> Iterator[Row]:
+        if self.layout == "json" and self._keys is not None:
+            order = [c for c in COLUMNS if c in self._spills]
+            for bkey, btexts in self._zip_compact():
+                yield int(bkey), {c: t.decode() for c, t in zip(order, btexts, strict=True)}
+            return
         if self.layout == "json":
             order = [c for c in COLUMNS if c in self._spills]
             for key, texts in self._zip():
@@ -384,9 +416,89 @@ class RowReader:
         bar = self._stack.enter_context(
             tqdm(total=size, unit="B", unit_scale=True, desc=f"read {self.path.name}", mininterval=2)
         )
+        if self.compact:
+            try:
+                self._spill_compact(bar)
+                return
+            except NotCompact as exc:
+                log.info("%s: %s; reading it with the exact scanner", self.path, exc)
+            self.columns, self._spills, self._sources = [], {}, {}
+            if self.on_restart is not None:
+                self.on_restart()
+            bar.reset()
+        self._spill_exact(bar)
+
+    def _scratch(self, name: str) -> Path:
+        """A spill file in ``work_dir``, removed on exit."""
+        path = self.work_dir / name
+        self._stack.callback(path.unlink, missing_ok=True)
+        return path
+
+    @property
+    def fast(self) -> bool:
+        """Whether the column JSON input was read by the fast path (:mod:`tasks.qa_compact`)."""
+        return self._keys is not None
+
+    def _spill_compact(self, bar: tqdm) -> None:
+        """The fast path (:mod:`tasks.qa_compact`); raises NotCompact, having written only spills.
+
+        Spills: ``keys`` (the row keys, a line each), and per column the byte length of each
+        value (``<column>.lengths``, uint32). The values themselves are read again from the
+        input when the rows are zipped; a compressed input has each column's entries copied
+        to ``<column>.spill`` instead. The other columns' key sequences are checked by digest:
+        any difference sends the file to the exact scanner, whose error names the key.
+        """
+        compressed = self.path.suffix == ".gz"
+        digests: dict[str, bytes] = {}
+        sources: dict[str, tuple[Path, int]] = {}
+        with contextlib.ExitStack() as stack:
+            fh = stack.enter_context(open_binary(self.path))
+            keys_out = stack.enter_context(open(self._scratch("keys.spill"), "wb"))
+            lengths_out: IO[bytes] | None = None
+            body_out: IO[bytes] | None = None
+            digest = hashlib.blake2b(digest_size=16)
+            try:
+                for chunk in read_chunks(fh, progress=lambda: bar.update(disk_position(fh) - bar.n)):
+                    column = chunk.column
+                    if not chunk.keys:  # a column starts
+                        if self.columns:
+                            digests[self.columns[-1]] = digest.digest()
+                        if column in self._spills:
+                            raise NotCompact(f"duplicate column {column!r}")
+                        self.columns.append(column)
+                        self._spills[column] = self._scratch(f"{column}.lengths")
+                        lengths_out = stack.enter_context(open(self._spills[column], "wb"))
+                        sources[column] = (self.path, chunk.offset)
+                        if compressed and self.keep_values:
+                            sources[column] = (self._scratch(f"{column}.spill"), 0)
+                            body_out = stack.enter_context(open(sources[column][0], "wb"))
+                        digest = hashlib.blake2b(digest_size=16)
+                        continue
+                    if self.on_value is not None:
+                        on_value = self.on_value
+                        for key, value in zip(chunk.keys, chunk.values, strict=True):
+                            on_value(column, key, value)
+                    joined = "\n".join(chunk.keys).encode() + b"\n"
+                    digest.update(joined)
+                    if len(self.columns) == 1:
+                        keys_out.write(joined)
+                    assert lengths_out is not None
+                    lengths_out.write(array.array("I", chunk.lengths).tobytes())
+                    if body_out is not None:
+                        body_out.write(chunk.body)
+                        body_out.write(b",")
+            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+                raise NotCompact(f"compressed stream: {exc}") from None
+            if self.columns:
+                digests[self.columns[-1]] = digest.digest()
+        if len(set(digests.values())) > 1:
+            raise NotCompact("the columns do not hold the same row keys")
+        check_columns(self.path, self.columns)
+        self._keys, self._sources = self.work_dir / "keys.spill", sources
+
+    def _spill_exact(self, bar: tqdm) -> None:
         scanner = _Scanner(self.path, progress=bar)
         self._stack.callback(scanner.close)
-        spill_dir = self.work_dir
         out: IO[str] | None = None
         unsorted: set[str] = set()
         prev = -1
@@ -399,7 +511,7 @@ class RowReader:
                     raise scanner.error(f"unknown column (QA v2.1 columns: {', '.join(COLUMNS)})")
                 if out is not None:
                     out.close()
-                self._spills[column] = spill_dir / f"{column}.spill"
+                self._spills[column] = self._scratch(f"{column}.spill")
                 out = self._stack.enter_context(
                     open(self._spills[column], "w", encoding="utf-8", newline="\n")
                 )
@@ -433,6 +545,42 @@ class RowReader:
         for column in sorted(unsorted):
             _sort_spill(self._spills[column], column, self.path)
 
+    def _zip_compact(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        """``(key, [value text per column in COLUMNS order])`` from the fast path's spills.
+
+        Each column's entries are read in sequence from its source: skip ``"<key>":``, take
+        the value's length in bytes, skip the comma.
+        """
+        assert self._keys is not None
+        order = [c for c in COLUMNS if c in self._spills]
+        with contextlib.ExitStack() as stack:
+            keys = stack.enter_context(open(self._keys, "rb"))
+            if not self.keep_values:
+                for key in keys:
+                    self.rows += 1
+                    yield key[:-1], [b""] * len(order)
+                return
+            sources, lengths = [], []
+            for c in order:
+                path, offset = self._sources[c]
+                src = stack.enter_context(open(path, "rb", buffering=CHUNK_BYTES))
+                src.seek(offset)
+                sources.append(src.read)
+                lengths.append(stack.enter_context(open(self._spills[c], "rb")))
+            while True:
+                block = keys.readlines(ZIP_BLOCK_BYTES)
+                if not block:
+                    return
+                sizes = [array.array("I", fh.read(4 * len(block))) for fh in lengths]
+                for n, key in enumerate(block):
+                    skip = len(key) + 2  # '"' + key + '":', less the newline
+                    texts = []
+                    for read, size in zip(sources, sizes, strict=True):
+                        length = size[n]
+                        texts.append(read(skip + length + 1)[skip : skip + length])
+                    self.rows += 1
+                    yield key[:-1], texts
+
     def _zip(self) -> Iterator[tuple[str, list[str]]]:
         """``(key, [value text per column of self.columns in COLUMNS order])``, checking keys."""
         order = [c for c in COLUMNS if c in self._spills]
@@ -459,17 +607,22 @@ class RowReader:
                 if other:
                     self._mismatch(order[0], None, column, other[: other.index("\t")])
 
-    def lines(self) -> Iterator[str]:
-        """The rows as JSONL lines (with newline), columns in canonical order: ``tojsonl``."""
+    def lines(self) -> Iterator[bytes]:
+        """The rows as JSONL lines (UTF-8, with newline), columns in canonical order: ``tojsonl``."""
         if self.layout == "jsonl":
             for _, row in self:
-                yield format_row(row)
+                yield format_row(row).encode()
             return
-        heads = [
-            f'{"{" if n == 0 else ","}"{c}":' for n, c in enumerate(c for c in COLUMNS if c in self._spills)
-        ]
-        for _, texts in self._zip():
-            yield "".join([part for pair in zip(heads, texts, strict=True) for part in pair]) + "}\n"
+        order = [c for c in COLUMNS if c in self._spills]
+        heads = [f'{"{" if n == 0 else ","}"{c}":'.encode() for n, c in enumerate(order)]
+        if self._keys is not None:
+            for _, texts in self._zip_compact():
+                yield b"".join([part for pair in zip(heads, texts, strict=True) for part in pair]) + b"}\n"
+            return
+        str_heads = [h.decode() for h in heads]
+        for _, str_texts in self._zip():
+            line = "".join([part for pair in zip(str_heads, str_texts, strict=True) for part in pair])
+            yield (line + "}\n").encode()
 
     def _mismatch(self, a: str, key_a: str | None, b: str, key_b: str | None) -> None:
         if key_b is None or (key_a is not None and int(key_a) < int(key_b)):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks import convert, qa_format
+from tasks import convert, qa_compact, qa_format
 from tasks.config import Convert
 from tasks.io import DataError
 
@@ -466,3 +466,126 @@ def test_escaped_no_well_formed_marker(tmp_path: Path) -> None:
     assert marked != text
     (tmp_path / "in.json").write_text(marked)
     assert convert.wellformed(tmp_path / "in.json", tmp_path / "wf.json") == 7
+
+
+# --------------------------------------------------------------------------- fast path vs exact scanner
+def read_both(src: Path, tmp_path: Path, **kw: Any) -> tuple[qa_format.RowReader, list[Any], list[Any]]:
+    """(the default reader, its rows and JSONL lines); asserts they equal the exact scanner's."""
+    results = []
+    for compact in (True, False):
+        work = tmp_path / f"work-{compact}"
+        work.mkdir(exist_ok=True)
+        with qa_format.RowReader(src, work, compact=compact, **kw) as reader:
+            lines = list(reader.lines())
+        with qa_format.RowReader(src, work, compact=compact, **kw) as again:
+            rows = list(again)
+        assert files_in(work) == [], "spills are removed on exit"
+        results.append((reader, rows, lines))
+    (fast, rows, lines), (exact, exact_rows, exact_lines) = results
+    assert not exact.fast
+    assert lines == exact_lines  # byte for byte
+    assert rows == exact_rows
+    assert fast.columns == exact.columns and fast.rows == exact.rows
+    return fast, rows, lines
+
+
+SAMPLE_QA = ["train_v2.1.json.gz", "dev_v2.1.json.gz"]
+
+
+@pytest.mark.parametrize("name", SAMPLE_QA)
+def test_fast_path_reads_the_released_layout(tmp_path: Path, name: str) -> None:
+    reader, rows, lines = read_both(SAMPLE / name, tmp_path)
+    assert reader.fast and len(rows) > 100
+    plain = tmp_path / name.removesuffix(".gz")  # uncompressed: the entries are re-read from the input
+    plain.write_bytes(gzip.decompress((SAMPLE / name).read_bytes()))
+    reader, _, plain_lines = read_both(plain, tmp_path)
+    assert reader.fast and plain_lines == lines
+
+
+@pytest.mark.parametrize("size", [64, 4096])
+def test_fast_path_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Small chunks: values longer than a chunk, cuts at every entry; same rows as the exact scanner."""
+    monkeypatch.setattr(qa_compact, "CHUNK_BYTES", size)
+    text = gzip.decompress((SAMPLE / "dev_v2.1.json.gz").read_bytes())
+    src = tmp_path / "dev.json"
+    src.write_bytes(text)
+    reader, rows, _ = read_both(src, tmp_path)
+    assert reader.fast and len(rows) == len(json.loads(text)["query"])
+
+
+def compact_doc(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def fallback_docs() -> dict[str, str]:
+    """Valid compact files at the edges of the fast path; it hands over all but :data:`FAST_CASES`."""
+    doc = train_doc()
+    quotes = json.loads(json.dumps(doc))
+    # Boundaries inside strings: JSON escapes the quotes, so these bytes never match one.
+    quotes["passages"]["3"][0]["passage_text"] = 'a,"12":[1] and },"query":{"0":"x" end'
+    quotes["query"]["2"] = '},"query_id":{"5":1'
+    gaps = {c: {str(int(k) * 3 + 1): v for k, v in col.items()} for c, col in doc.items()}
+    extra = json.loads(json.dumps(doc))
+    # Extra passage fields (kept in the output) that look like an entry and a column boundary.
+    extra["passages"]["1"][0].update({"a": {}, "query": {"0": 1}, "12": [2]})
+    big = json.loads(json.dumps(doc))
+    big["query_id"]["4"] = 2**70  # beyond 64 bits: valid JSON integer
+    wfa = '"wellFormedAnswers":{"0":'
+    last = compact_doc(doc).replace(wfa + '"[]"', wfa + '"\\u005b\\u005d"')
+    return {
+        "escaped quotes": compact_doc(quotes),
+        "key gaps": compact_doc(gaps),  # checked one by one
+        "extra field": compact_doc(extra),
+        "big integer": compact_doc(big),
+        "escaped marker in the last column": last,
+        "spaces in one column": compact_doc(doc).replace('"query_type":{"0":', '"query_type":{ "0" : '),
+        "newline at the end": compact_doc(doc) + "\n",
+        "lexical key order": json.dumps(doc, separators=(",", ":"), sort_keys=True),
+    }
+
+
+FAST_CASES = ("escaped quotes", "key gaps", "big integer", "newline at the end")
+
+
+@pytest.mark.parametrize("case", list(fallback_docs()))
+@pytest.mark.parametrize("suffix", [".json", ".json.gz"])
+def test_fast_path_hands_over_what_it_does_not_know(tmp_path: Path, case: str, suffix: str) -> None:
+    text = fallback_docs()[case]
+    src = tmp_path / f"in{suffix}"
+    src.write_bytes(gzip.compress(text.encode(), mtime=0) if suffix.endswith(".gz") else text.encode())
+    reader, rows, lines = read_both(src, tmp_path)
+    assert reader.fast == (case in FAST_CASES)
+    doc = json.loads(text)
+    assert [json.loads(line) for line in lines] == reference_rows(doc)
+
+
+def test_stats_forget_what_the_fast_path_counted(tmp_path: Path) -> None:
+    """The fast path gives up in the last column: the stats count every value once."""
+    src = tmp_path / "in.json"
+    src.write_text(fallback_docs()["escaped marker in the last column"])
+    (tmp_path / "a").mkdir()
+    exact = convert.QaStats(tmp_path / "a")
+    with qa_format.RowReader(src, tmp_path / "a", on_value=exact.add, compact=False) as reader:
+        list(reader)
+    assert convert.stats(src, tmp_path / "b") == exact.result(src.name, reader.columns)[0]
+    assert convert.stats(src)["queries"] == 11
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b'"query":{"0":', b'"query":{"0":"x","0":', r"duplicate row key.*key '0'"),
+        (b'"query_id":{"0":1102432,', b'"query_id":{"0":1102432,"11":5,', r"row key '11' is in column"),
+        (b'"query_type":{"0":"DESCRIPTION",', b'"query_type":{"0":"DESCRIPTION","1":"x","1":"y",', "key '1'"),
+    ],
+    ids=["duplicate first key", "extra key", "duplicate key"],
+)
+def test_fast_path_errors_come_from_the_exact_scanner(tmp_path: Path, edit: tuple[bytes, bytes, str]) -> None:
+    old, new, pattern = edit
+    good = compact_doc(train_doc()).encode()
+    assert old in good
+    src = tmp_path / "bad.json"
+    src.write_bytes(good.replace(old, new, 1))
+    with pytest.raises(DataError, match=pattern):
+        convert.tojsonl(src, tmp_path / "out" / "rows.jsonl")
+    assert not (tmp_path / "out").exists() or files_in(tmp_path / "out") == []
