@@ -14,9 +14,12 @@ import io
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from isal import igzip, isal_zlib
 
 CHUNK = 1 << 20
 
@@ -125,6 +128,23 @@ def write_bytes_atomic(final: str | Path, gz: bool | None = None) -> Iterator[IO
             yield raw
 
 
+# Readers decompress with ISA-L (python-isal): the same gzip format, about 3x faster than zlib.
+_ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # typed as an instance
+GZIP_ERRORS: tuple[type[Exception], ...] = (EOFError, gzip.BadGzipFile, zlib.error, _ISAL_ERROR)
+READ_ERRORS: tuple[type[Exception], ...] = (*GZIP_ERRORS, OSError)  # reading a (gzip) input
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_gzip(path: Path) -> IO[bytes]:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic and magic != GZIP_MAGIC:
+        raise DataError(
+            f"{path}: not a gzip file (named *.gz, but it does not start with the gzip magic bytes)"
+        )
+    return igzip.open(path, "rb")  # type: ignore[no-any-return]
+
+
 def open_text(path: str | Path) -> IO[str]:
     """Open a UTF-8 text file for reading, transparently un-gzipping ``*.gz``.
 
@@ -135,7 +155,7 @@ def open_text(path: str | Path) -> IO[str]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+        return io.TextIOWrapper(_open_gzip(path), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
 
 
@@ -144,7 +164,7 @@ def open_binary(path: str | Path) -> IO[bytes]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return _open_gzip(path)
     return open(path, "rb")
 
 
@@ -176,8 +196,8 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 f"{path}: compressed stream ends early after line {lineno} (truncated gzip); "
                 "delete it and run the download stage again"
             ) from None
-        except gzip.BadGzipFile as exc:
-            raise DataError(f"{path}: not a valid gzip file ({exc})") from None
+        except GZIP_ERRORS as exc:
+            raise DataError(f"{path}: damaged gzip stream after line {lineno} ({exc})") from None
 
 
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:

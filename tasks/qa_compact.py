@@ -29,7 +29,7 @@ import msgspec
 COLUMNS = ("answers", "passages", "query", "query_id", "query_type", "wellFormedAnswers")
 NO_WELL_FORMED = "[]"
 NO_WELL_FORMED_JSON = b'"[]"'
-CHUNK_BYTES = 1 << 20  # read at a time; a chunk holds whole entries, so it grows for a longer value
+CHUNK_BYTES = 256 << 10  # read at a time; peak memory ~ one chunk decoded (grows for a longer value)
 MAX_VALUE_BYTES = 64 << 20  # one entry longer than this is not the released layout
 
 

@@ -36,21 +36,19 @@ from __future__ import annotations
 import array
 import codecs
 import contextlib
-import gzip
 import hashlib
 import heapq
 import json
 import logging
 import re
 import shutil
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from tasks.io import DataError, disk_position, iter_lines, open_binary, write_text_atomic
+from tasks.io import READ_ERRORS, DataError, disk_position, iter_lines, open_binary, write_text_atomic
 from tasks.qa_compact import NotCompact, read_chunks
 
 log = logging.getLogger(__name__)
@@ -178,7 +176,7 @@ class _Scanner:
             raise self.error(self.bad_utf8, len(self.buf))
         try:
             raw = self.fh.read(CHUNK_BYTES)
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        except READ_ERRORS as exc:
             raise self.error(f"compressed stream is damaged or truncated ({exc})", len(self.buf)) from None
         pending = len(self.decoder.getstate()[0])
         try:
@@ -487,7 +485,7 @@ class RowReader:
                     if body_out is not None:
                         body_out.write(chunk.body)
                         body_out.write(b",")
-            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            except READ_ERRORS as exc:
                 raise NotCompact(f"compressed stream: {exc}") from None
             if self.columns:
                 digests[self.columns[-1]] = digest.digest()

@@ -66,6 +66,21 @@ def test_iter_lines_detects_truncated_gzip(tmp_path):
         list(iter_lines(path))
 
 
+def test_iter_lines_names_a_damaged_or_false_gzip(tmp_path):
+    lines = b"".join(b"%d\tline %d\n" % (i, i * i) for i in range(50000))
+    data = bytearray(gzip.compress(lines, mtime=0))
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeros in the middle of the deflate stream
+    path = tmp_path / "x.tsv.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"x\.tsv\.gz: damaged gzip stream after line \d+"):
+        list(iter_lines(path))
+    path.write_bytes(lines)  # plain text under a .gz name
+    with pytest.raises(DataError, match=r"x\.tsv\.gz: not a gzip file"):
+        list(iter_lines(path))
+    path.write_bytes(gzip.compress(b"a\n", mtime=0) + gzip.compress(b"b\n", mtime=0))  # two members
+    assert list(iter_lines(path)) == [(1, "a"), (2, "b")]
+
+
 def test_json_roundtrip_and_error(tmp_path):
     write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
