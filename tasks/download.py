@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import errno
 import fcntl
-import gzip
 import hashlib
 import logging
 import os
@@ -39,7 +38,6 @@ import shutil
 import sys
 import tarfile
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -51,7 +49,7 @@ import httpx
 from tqdm import tqdm
 
 from tasks.config import ROOT, ConfigError, Download, Source, load_config
-from tasks.io import CHUNK, DataError, atomic_dir, fsync_dir, read_json, write_json
+from tasks.io import CHUNK, GZIP_ERRORS, DataError, atomic_dir, fsync_dir, gzip_reader, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +402,11 @@ class _Counting:
         self._bar.update(len(data))
         return data
 
+    def readinto(self, buf: Any) -> int:  # what the ISA-L gzip reader calls
+        n = self._fh.readinto(buf)  # type: ignore[attr-defined]
+        self._bar.update(n)
+        return int(n)
+
 
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
@@ -424,8 +427,11 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
         raise DataError(f"{archive}: refusing member {name!r}: {problem} (unsafe archive; not extracted)")
 
 
+UNPACK_ERRORS: tuple[type[Exception], ...] = (*GZIP_ERRORS, tarfile.TarError)
+
+
 def _untar(archive: Path, dest: Path, fh: IO[bytes]) -> None:
-    stream = gzip.GzipFile(fileobj=fh, mode="rb") if archive.name.endswith((".gz", ".tgz")) else fh
+    stream = gzip_reader(fh) if archive.name.endswith((".gz", ".tgz")) else fh
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             _check_member(member, archive)
@@ -438,7 +444,7 @@ def _untar(archive: Path, dest: Path, fh: IO[bytes]) -> None:
 
 
 def _gunzip(archive: Path, out: Path, fh: IO[bytes]) -> None:
-    with gzip.GzipFile(fileobj=fh, mode="rb") as zf, open(out, "wb") as dst:
+    with gzip_reader(fh) as zf, open(out, "wb") as dst:
         shutil.copyfileobj(zf, dst, CHUNK)
 
 
@@ -462,7 +468,7 @@ def unpack(archive: Path, dest: Path, how: str) -> None:
                 _untar(archive, dest, counted)
             else:
                 _gunzip(archive, out, counted)
-    except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:
+    except UNPACK_ERRORS as exc:
         raise DataError(
             f"{archive}: cannot unpack, the archive is truncated or corrupt ({type(exc).__name__}: {exc}); "
             "delete it and rerun, and check the source's md5"

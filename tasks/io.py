@@ -135,6 +135,11 @@ READ_ERRORS: tuple[type[Exception], ...] = (*GZIP_ERRORS, OSError)  # reading a 
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def gzip_reader(fileobj: IO[bytes]) -> IO[bytes]:
+    """Decompress the gzip stream ``fileobj`` (ISA-L); errors are in :data:`GZIP_ERRORS`."""
+    return igzip.IGzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
+
+
 def _open_gzip(path: Path) -> IO[bytes]:
     with open(path, "rb") as fh:
         magic = fh.read(2)
