@@ -96,7 +96,7 @@ class Inputs(Section):
     qrels_dl19: str
     qa_train: str
     qa_dev: str
-    top1000_dev: str | None = None
+    top1000_dev: str
 
 
 class Download(Section):
@@ -270,6 +270,12 @@ class Evaluate(Section):
     """MRR@10 and NDCG@10 keep their official cut-offs; these are the knobs around them."""
 
     recall_cutoffs: list[PositiveInt] = Field([10, 50, 100, 1000], description="Recall@k in retrieval.json")
+    dev_candidates: Literal["bm25", "top1000"] = Field(
+        "bm25",
+        description="re-ranking candidates of MS MARCO dev: bm25 = our BM25 run (paths.runs/bm25/"
+        "dev.full.trec), top1000 = the official list (inputs.top1000_dev, unscored: its file order "
+        "stands in for the rank). TREC DL 2019 always re-ranks our BM25 run",
+    )
     rerank_depth: PositiveInt = 1000
     ce_rerank_depth: PositiveInt = 100
     curve_cutoffs: list[PositiveInt] = Field(
@@ -333,6 +339,13 @@ class Config(Section):
     def path(self, key: str) -> Path:
         """Absolute path of ``paths.<key>``."""
         return ROOT / getattr(self.paths, key)
+
+    def candidates(self, name: str) -> Path:
+        """The re-ranking candidates of evaluation set ``name`` (``dev`` | ``dl19``): a TREC run,
+        or for ``dev`` with ``evaluate.dev_candidates: top1000`` the official ``top1000.dev``."""
+        if name == "dev" and self.evaluate.dev_candidates == "top1000":
+            return self.input_path("top1000_dev")
+        return self.path("runs") / "bm25" / f"{name}.full.trec"
 
     def input_path(self, key: str) -> Path:
         """Absolute path of a logical input under ``paths.raw`` (``inputs.<key>``)."""

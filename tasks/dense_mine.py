@@ -5,8 +5,9 @@ Reads ``paths.embeddings/<system>/`` (from ``tasks.encode``) and writes
 - ``paths.negatives/<system>.parquet``: top ``mine.top_k`` passages per training query with
   qrels, positives removed (the hits format, ties broken by pid ascending);
 - ``paths.runs/<system>/{dev,dl19}.full.trec``: full retrieval, depth ``mine.eval_depth``;
-- ``paths.runs/<system>/{dev,dl19}.rerank.trec``: BM25's ``<set>.full.trec`` candidates (top
-  ``evaluate.rerank_depth``) re-scored by this model;
+- ``paths.runs/<system>/{dev,dl19}.rerank.trec``: the set's re-ranking candidates (top
+  ``evaluate.rerank_depth`` of BM25's ``<set>.full.trec``, or for dev of the official
+  ``top1000.dev`` with ``evaluate.dev_candidates: top1000``) re-scored by this model;
 - ``paths.metrics/mine-<system>.json``: counts and queries/s.
 
 Search (``search.index``): ``flat`` is exact inner product (FAISS ``IndexFlatIP`` per corpus
@@ -39,7 +40,7 @@ from tasks.cli import run_stage, stage_parser
 from tasks.config import DenseSystem, Mine, Search
 from tasks.encode import Embeddings, load_part, read_manifest
 from tasks.io import DataError, atomic_path, write_json, write_text_atomic
-from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_run, write_hits, write_run
+from tasks.records import Hit, hits_table, qrels_by_query, read_candidates, read_qrels, write_hits, write_run
 
 log = logging.getLogger(__name__)
 
@@ -216,21 +217,17 @@ def write_skipped(negatives_out: Path, reason: str) -> None:
 
 
 def rerank(
-    corpus: Embeddings, qids: np.ndarray, qvecs: np.ndarray, bm25_run: Path, depth: int, normalize: bool
+    corpus: Embeddings, qids: np.ndarray, qvecs: np.ndarray, candidates: Path, depth: int, normalize: bool
 ) -> list[Hit]:
-    """Re-score BM25's top ``depth`` candidates per query with this model."""
-    if not bm25_run.exists():
-        raise FileNotFoundError(
-            f"{bm25_run}: BM25 run not found; the rerank runs need it: run the bm25_mine stage first"
-        )
+    """Re-score each query's top ``depth`` candidates (a BM25 run or ``top1000``) with this model."""
     cands: dict[int, list[int]] = defaultdict(list)
-    for h in read_run(bm25_run):
+    for h in read_candidates(candidates):
         if h.rank <= depth:
             cands[h.qid].append(h.pid)
     qrow = {int(q): i for i, q in enumerate(qids)}
     missing = sorted(set(cands) - set(qrow))
     if missing:
-        raise DataError(f"{bm25_run}: {len(missing)} qid(s) (e.g. {missing[0]}) have no query embedding")
+        raise DataError(f"{candidates}: {len(missing)} qid(s) (e.g. {missing[0]}) have no query embedding")
     order = np.argsort(corpus.ids, kind="stable")
     sorted_ids = corpus.ids[order]
     all_pids = np.fromiter((p for q in sorted(cands) for p in cands[q]), dtype=np.int64)
@@ -238,7 +235,7 @@ def rerank(
     pos = np.minimum(pos, len(sorted_ids) - 1)
     unknown = sorted_ids[pos] != all_pids
     if unknown.any():
-        raise DataError(f"{bm25_run}: pid {all_pids[unknown][0]} is not in the encoded corpus")
+        raise DataError(f"{candidates}: pid {all_pids[unknown][0]} is not in the encoded corpus")
     rows = order[pos]
     vecs = np.empty((len(rows), corpus.dim), dtype=np.float32)
     start = 0
@@ -269,7 +266,7 @@ def run(
     rerank_depth: int,
     emb_dir: Path,
     qrels_train: Path,
-    bm25_runs: Path,
+    candidates: dict[str, Path],
     negatives_out: Path,
     runs_dir: Path,
     summary_out: Path | None = None,
@@ -293,11 +290,10 @@ def run(
     if manifest.get("score") != params.score:
         raise DataError(f"{emb_dir}/manifest.json: score {manifest.get('score')!r} != systems.{system}.score")
     for name in EVAL_SETS:  # fail before any work, not after mining
-        if not (Path(bm25_runs) / f"{name}.full.trec").exists():
-            raise FileNotFoundError(
-                f"{Path(bm25_runs) / f'{name}.full.trec'}: BM25 run not found; the rerank runs need it: "
-                "run the bm25_mine stage first"
-            )
+        if name not in candidates:
+            raise ValueError(f"no re-ranking candidates given for {name!r}")
+        if not Path(candidates[name]).exists():
+            read_candidates(candidates[name])  # raises the error that says which stage makes them
     normalize = params.score == "cos"
     dev = "cuda" if resolve(device, "fp32").device == "cuda" and search.index == "flat" else "cpu"
     threads = configure_threads()
@@ -352,7 +348,7 @@ def run(
             for r, i in enumerate(np.flatnonzero(_valid(srow, prow)), 1)
         ]
         write_run(Path(runs_dir) / f"{name}.full.trec", full, system)
-        rr = rerank(corpus, eq, ev, Path(bm25_runs) / f"{name}.full.trec", rerank_depth, normalize)
+        rr = rerank(corpus, eq, ev, Path(candidates[name]), rerank_depth, normalize)
         write_run(Path(runs_dir) / f"{name}.rerank.trec", rr, system)
         log.info("mine %s %s: %d queries in %.1f s", system, name, len(eq), secs)
         summary[name] = {"queries": len(eq), "rerank_queries": len({h.qid for h in rr})}
@@ -367,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks.dense_mine",
         "Search one system's embeddings (from tasks.encode): top mine.top_k hard negatives per training "
         "query (positives removed) into paths.negatives/<system>.parquet, and dev/DL19 runs (full "
-        "retrieval and re-ranking of BM25's candidates) into paths.runs/<system>/.",
+        "retrieval and re-ranking of the candidates, evaluate.dev_candidates) into paths.runs/<system>/.",
         "python -m tasks.dense_mine --system smoke-bi-cls-dot",
     )
     parser.add_argument("--system", required=True, help="a key of 'systems' in params.yaml")
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.evaluate.rerank_depth,
             emb_dir=cfg.path("embeddings") / args.system,
             qrels_train=cfg.input_path("qrels_train"),
-            bm25_runs=cfg.path("runs") / "bm25",
+            candidates={name: cfg.candidates(name) for name in EVAL_SETS},
             negatives_out=cfg.path("negatives") / f"{args.system}.parquet",
             runs_dir=cfg.path("runs") / args.system,
             summary_out=cfg.path("metrics") / f"mine-{args.system}.json",

@@ -127,6 +127,33 @@ def write_run(path: str | Path, hits: Iterable[Hit], tag: str) -> None:
             fh.write(f"{h.qid} Q0 {h.pid} {h.rank} {h.score:.6f} {tag}\n")
 
 
+def read_top1000(path: str | Path) -> Iterator[Hit]:
+    """The official re-ranking candidates (``top1000.dev``: ``qid<TAB>pid<TAB>query<TAB>passage``).
+
+    The list carries no scores: each query's hits are ranked in file order, score 0.
+    """
+    path = Path(path)
+    ranks: dict[int, int] = {}
+    for lineno, line in iter_lines(path):
+        parts = line.split("\t", 2)
+        if len(parts) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'qid<TAB>pid<TAB>query<TAB>passage'")
+        qid = _int(parts[0], path, lineno, "qid")
+        pid = _int(parts[1], path, lineno, "pid")
+        ranks[qid] = rank = ranks.get(qid, 0) + 1
+        yield Hit(qid, pid, rank, 0.0)
+
+
+def read_candidates(path: str | Path) -> Iterator[Hit]:
+    """Re-ranking candidates: a TREC run (``*.trec``) or an official ``top1000`` list."""
+    path = Path(path)
+    trec = path.name.removesuffix(".gz").endswith(".trec")
+    if not path.exists():
+        stage = "the bm25_mine stage" if trec else "the download stage"
+        raise FileNotFoundError(f"{path}: re-ranking candidates not found; run {stage} first")
+    return read_run(path) if trec else read_top1000(path)
+
+
 def read_run(path: str | Path) -> Iterator[Hit]:
     path = Path(path)
     for lineno, line in iter_lines(path):

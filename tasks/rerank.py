@@ -1,7 +1,8 @@
-"""Stage ``ce_rerank``: the cross-encoder re-ranks BM25's top candidates (for ``evaluate``).
+"""Stage ``ce_rerank``: the cross-encoder re-ranks each query's top candidates (for ``evaluate``).
 
 For each evaluation set (``dev``: ``inputs.queries_dev``; ``dl19``: ``inputs.queries_dl19``) it
-reads ``paths.runs/bm25/<set>.full.trec``, keeps each query's top
+reads the set's candidates (``paths.runs/bm25/<set>.full.trec``, or for dev the official
+``inputs.top1000_dev`` with ``evaluate.dev_candidates: top1000``), keeps each query's top
 ``evaluate.ce_rerank_depth`` hits, scores them with the cross-encoder of ``cross_encoder.*``
 (the same length-bucketed, executor-dispatchable shards as the ``score`` stage) and writes
 ``paths.runs/cross-encoder/<set>.rerank.trec`` sorted by score (ties: pid ascending), tag
@@ -19,7 +20,7 @@ import numpy as np
 
 from tasks.cli import run_stage, stage_parser
 from tasks.config import ROOT, Config, CrossEncoderCfg
-from tasks.records import Hit, read_run, write_run
+from tasks.records import Hit, read_candidates, write_run
 from tasks.score import ModelSpec, ShardResult, ShardSpec, iter_shard_specs, load_texts, run_shards
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ TAG = "cross-encoder"
 
 
 def top_hits(run_path: Path, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """(qid, pid) of each query's top ``depth`` hits, sorted by (qid, rank)."""
-    hits = sorted((h.qid, h.rank, h.pid) for h in read_run(run_path))
+    """(qid, pid) of each query's top ``depth`` candidates, sorted by (qid, rank)."""
+    hits = sorted((h.qid, h.rank, h.pid) for h in read_candidates(run_path))
     qids: list[int] = []
     pids: list[int] = []
     seen: dict[int, int] = {}
@@ -52,9 +53,7 @@ def run(
     model_path: str | None = None,
     executor: Executor | None = None,
 ) -> int:
-    """Re-rank one BM25 run; returns the number of queries written."""
-    if not run_path.exists():
-        raise FileNotFoundError(f"{run_path}: no BM25 run; run the bm25_mine stage first")
+    """Re-rank one candidate list (a BM25 run or ``top1000``); returns the number of queries written."""
     qids, pids = top_hits(run_path, depth)
     queries, passages = load_texts(collection, queries_path, qids, pids, str(run_path))
     spec = ModelSpec.from_cfg(ce, model_path)
@@ -82,9 +81,9 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(
         "tasks.rerank",
-        "Re-rank BM25's top evaluate.ce_rerank_depth hits of paths.runs/bm25/{dev,dl19}.full.trec "
-        "with the cross-encoder; write paths.runs/cross-encoder/{dev,dl19}.rerank.trec "
-        "for the evaluate stage.",
+        "Re-rank the top evaluate.ce_rerank_depth candidates of paths.runs/bm25/{dev,dl19}.full.trec "
+        "(dev: the official top1000 list with evaluate.dev_candidates: top1000) with the cross-encoder; "
+        "write paths.runs/cross-encoder/{dev,dl19}.rerank.trec for the evaluate stage.",
         "python -m tasks.rerank --params params.yaml --sets dev dl19",
     )
     parser.add_argument(
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         with executor(cfg.orchestration) as ex:
             for name in args.sets:
                 run(
-                    cfg.path("runs") / "bm25" / f"{name}.full.trec",
+                    cfg.candidates(name),
                     cfg.input_path(SETS[name]),
                     cfg.input_path("collection"),
                     cfg.path("runs") / TAG / f"{name}.rerank.trec",

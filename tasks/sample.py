@@ -8,6 +8,8 @@ download, unpack and parsing code as the full profile:
 - ``msmarco-test2019-queries.tsv.gz`` + ``2019qrels-pass.txt`` (graded 0..3, TREC DL style)
 - ``train_v2.1.json.gz`` / ``dev_v2.1.json.gz``: QA v2.1 column-oriented JSON, with
   ``No Answer Present.`` answers and ``wellFormedAnswers`` equal to the string ``"[]"``.
+- ``top1000.dev.tar.gz``: ``top1000.dev``, re-ranking candidates for the dev queries
+  (``qid<TAB>pid<TAB>query<TAB>passage``, 50 per query, unscored, in no particular order).
 
 The text is synthetic but English-like: each entity (a lake, a city, a disease...) has
 three passages on different aspects, and a query names the entity and the aspect, so BM25
@@ -368,6 +370,33 @@ def _qa_rows(
     return rows
 
 
+def _top1000(
+    queries: list[tuple[int, str]],
+    targets: list[Doc],
+    docs: list[Doc],
+    by_entity: dict[int, list[Doc]],
+    rng: random.Random,
+    depth: int = 50,
+) -> bytes:
+    """``top1000.dev``-style candidates: per query the passages of its entity (the positive
+    among them), 20 of its aspect and random others up to ``depth``, shuffled."""
+    by_aspect: dict[str, list[Doc]] = {}
+    for d in docs:
+        by_aspect.setdefault(d.aspect, []).append(d)
+    lines = []
+    for (qid, query), d in zip(queries, targets, strict=True):
+        pool = {o.pid: o for o in by_entity[d.entity]}
+        for o in rng.sample(by_aspect[d.aspect], min(20, len(by_aspect[d.aspect]))):
+            pool.setdefault(o.pid, o)
+        while len(pool) < depth:
+            o = rng.choice(docs)
+            pool.setdefault(o.pid, o)
+        cands = sorted(pool.values(), key=lambda o: o.pid)[:depth]
+        rng.shuffle(cands)
+        lines += [f"{qid}\t{o.pid}\t{query}\t{o.text}\n" for o in cands]
+    return "".join(lines).encode("utf-8")
+
+
 def build(seed: int = 20261122, n_entities: int = 1000) -> dict[str, bytes]:
     """Return ``{file name: bytes}`` of the whole sample. Pure function of its arguments."""
     rng = random.Random(seed + 1)
@@ -420,6 +449,10 @@ def build(seed: int = 20261122, n_entities: int = 1000) -> dict[str, bytes]:
         "2019qrels-pass.txt": _qrels(qrels_dl, " "),
         "train_v2.1.json.gz": _gzip(_qa_json(_qa_rows(docs, by_entity, 400, 2000000, rng))),
         "dev_v2.1.json.gz": _gzip(_qa_json(_qa_rows(docs, by_entity, 120, 3000000, rng))),
+        # its own random stream: adding it left every other file as it was
+        "top1000.dev.tar.gz": _tar_gz(
+            {"top1000.dev": _top1000(dev_q, dev_docs, docs, by_entity, random.Random(seed + 2))}
+        ),
     }
     return files
 
@@ -431,6 +464,7 @@ SOURCES = {
     "2019qrels-pass.txt": ("dl19_qrels", "none"),
     "train_v2.1.json.gz": ("qa_train", "none"),
     "dev_v2.1.json.gz": ("qa_dev", "none"),
+    "top1000.dev.tar.gz": ("top1000_dev", "untar"),
 }
 
 

@@ -34,8 +34,9 @@ def prefect_harness():
 def sample_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The bundled sample unpacked once, keyed like ``inputs`` in params.yaml."""
     out = tmp_path_factory.mktemp("sample-raw")
-    with tarfile.open(SAMPLE / "collectionandqueries.tar.gz") as tar:
-        tar.extractall(out, filter="data")
+    for archive in ("collectionandqueries.tar.gz", "top1000.dev.tar.gz"):
+        with tarfile.open(SAMPLE / archive) as tar:
+            tar.extractall(out, filter="data")
     with (
         gzip.open(SAMPLE / "msmarco-test2019-queries.tsv.gz", "rb") as src,
         open(out / "msmarco-test2019-queries.tsv", "wb") as dst,
@@ -51,4 +52,5 @@ def sample_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "qrels_dl19": SAMPLE / "2019qrels-pass.txt",
         "qa_train": SAMPLE / "train_v2.1.json.gz",
         "qa_dev": SAMPLE / "dev_v2.1.json.gz",
+        "top1000_dev": out / "top1000.dev",
     }

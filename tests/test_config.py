@@ -109,3 +109,14 @@ def test_dvc_yaml_agrees_with_config():
     assert "${sources}" in dvc["stages"]["download"]["foreach"]
     assert dvc["stages"]["encode"]["foreach"] == "${systems}"
     assert dvc["stages"]["mine"]["foreach"] == "${systems}"
+
+
+def test_dev_candidates_choose_the_rerank_input(tmp_path):
+    cfg = load_config()
+    assert cfg.evaluate.dev_candidates == "bm25"
+    assert cfg.candidates("dev") == ROOT / "data/sample/runs/bm25/dev.full.trec"
+    official = load_config(_write(tmp_path, lambda d: d["evaluate"].update(dev_candidates="top1000")))
+    assert official.candidates("dev") == ROOT / "data/sample/raw/top1000_dev/top1000.dev"
+    assert official.candidates("dl19") == cfg.candidates("dl19")  # DL19 has no official list here
+    with pytest.raises(ConfigError, match=r"evaluate\.dev_candidates"):
+        load_config(_write(tmp_path, lambda d: d["evaluate"].update(dev_candidates="official")))

@@ -69,8 +69,8 @@ def test_mine_on_the_sample(sample: EncodedSample, tmp_path: Path) -> None:
     mine = Mine(top_k=10, eval_depth=100)
     summary = run(
         "tiny-cos", sample.system, Search(query_chunk=256), mine, 20, sample.emb_dir,
-        sample.inputs["qrels_train"], sample.bm25_runs, tmp_path / "neg.parquet", tmp_path / "runs",
-        tmp_path / "summary.json",
+        sample.inputs["qrels_train"], bm25_candidates(sample), tmp_path / "neg.parquet",
+        tmp_path / "runs", tmp_path / "summary.json",
     )  # fmt: skip
     positives = qrels_by_query(read_qrels(sample.inputs["qrels_train"]))
     hits = read_hits(tmp_path / "neg.parquet").to_pandas()
@@ -89,11 +89,39 @@ def test_mine_on_the_sample(sample: EncodedSample, tmp_path: Path) -> None:
         assert {(h.qid, h.pid) for h in rr} == bm25
 
 
+def bm25_candidates(sample: EncodedSample) -> dict[str, Path]:
+    return {name: sample.bm25_runs / f"{name}.full.trec" for name in ("dev", "dl19")}
+
+
+def test_rerank_the_official_top1000(sample: EncodedSample, tmp_path: Path) -> None:
+    """dev re-ranks the unscored top1000 list: its first ``depth`` rows per query, in file order."""
+    top = sample.inputs["top1000_dev"]
+    listed: dict[int, list[int]] = {}
+    for line in top.read_text(encoding="utf-8").splitlines():
+        qid, pid, _ = line.split("\t", 2)
+        listed.setdefault(int(qid), []).append(int(pid))
+    candidates = {**bm25_candidates(sample), "dev": top}
+    run("tiny-cos", sample.system, Search(query_chunk=256), Mine(top_k=5, eval_depth=10), 30,
+        sample.emb_dir, sample.inputs["qrels_train"], candidates, tmp_path / "neg.parquet",
+        tmp_path / "runs")  # fmt: skip
+    rr = list(read_run(tmp_path / "runs" / "dev.rerank.trec"))
+    assert {(h.qid, h.pid) for h in rr} == {(q, p) for q, pids in listed.items() for p in pids[:30]}
+    assert {h.qid for h in rr} == set(listed) and len(set(listed)) == 200
+    for qid in listed:  # sorted by the model's score, not the list's order
+        scores = [h.score for h in rr if h.qid == qid]
+        assert scores == sorted(scores, reverse=True)
+
+
 def test_missing_bm25_run_and_skipped_system(sample: EncodedSample, tmp_path: Path) -> None:
+    gone = {name: tmp_path / "no-bm25" / f"{name}.full.trec" for name in ("dev", "dl19")}
     with pytest.raises(FileNotFoundError, match="bm25_mine"):
         run("tiny-cos", sample.system, Search(), Mine(top_k=5, eval_depth=10), 5, sample.emb_dir,
-            sample.inputs["qrels_train"], tmp_path / "no-bm25", tmp_path / "n.parquet",
+            sample.inputs["qrels_train"], gone, tmp_path / "n.parquet",
             tmp_path / "runs")  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="download stage"):
+        run("tiny-cos", sample.system, Search(), Mine(top_k=5, eval_depth=10), 5, sample.emb_dir,
+            sample.inputs["qrels_train"], {**bm25_candidates(sample), "dev": tmp_path / "top1000.dev"},
+            tmp_path / "n.parquet", tmp_path / "runs")  # fmt: skip
     assert not (tmp_path / "n.parquet").exists()  # checked before any work
     from tasks.encode import run as encode_run
 
@@ -102,7 +130,7 @@ def test_missing_bm25_run_and_skipped_system(sample: EncodedSample, tmp_path: Pa
                tmp_path / "cache")  # fmt: skip
     out = tmp_path / "gone.parquet"
     summary = run("gone", skipped, Search(), Mine(), 5, tmp_path / "emb", sample.inputs["qrels_train"],
-                  sample.bm25_runs, out, tmp_path / "runs-gone")  # fmt: skip
+                  bm25_candidates(sample), out, tmp_path / "runs-gone")  # fmt: skip
     assert summary == {"skipped": "no public weights"}
     assert pq.read_metadata(out).num_rows == 0
     assert pq.read_metadata(out).metadata[b"skipped"] == b"no public weights"

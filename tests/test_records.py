@@ -11,6 +11,7 @@ from tasks.records import (
     hits_table,
     iter_hits,
     qrels_by_query,
+    read_candidates,
     read_collection,
     read_hits,
     read_qrels,
@@ -53,6 +54,24 @@ def test_run_roundtrip(tmp_path):
     write_run(tmp_path / "r.trec", hits, "bm25")
     assert (tmp_path / "r.trec").read_text().splitlines()[0] == "1 Q0 10 1 3.500000 bm25"
     assert list(read_run(tmp_path / "r.trec")) == hits
+
+
+def test_top1000_candidates_rank_in_file_order(tmp_path):
+    top = tmp_path / "top1000.dev"
+    top.write_text("7\t30\tq seven\tp thirty\n5\t10\tq five\tp\tten\n7\t20\tq seven\tp twenty\n")
+    assert list(read_candidates(top)) == [Hit(7, 30, 1, 0.0), Hit(5, 10, 1, 0.0), Hit(7, 20, 2, 0.0)]
+    write_run(tmp_path / "r.trec", [Hit(1, 10, 1, 3.5)], "bm25")
+    assert list(read_candidates(tmp_path / "r.trec")) == [Hit(1, 10, 1, 3.5)]  # TREC runs by name
+    top.write_text("7\t30\tq\tp\n7 31 q p\n")
+    with pytest.raises(DataError, match=r"top1000\.dev:2: expected 'qid<TAB>pid<TAB>query<TAB>passage'"):
+        list(read_candidates(top))
+    top.write_text("7\tx30\tq\tp\n")
+    with pytest.raises(DataError, match=r"top1000\.dev:1: pid 'x30' is not an integer"):
+        list(read_candidates(top))
+    with pytest.raises(FileNotFoundError, match="download stage"):
+        read_candidates(tmp_path / "none" / "top1000.dev")
+    with pytest.raises(FileNotFoundError, match="bm25_mine"):
+        read_candidates(tmp_path / "none" / "dev.full.trec")
 
 
 def test_hits_table_ranks_and_parquet_roundtrip(tmp_path):

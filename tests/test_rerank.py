@@ -62,6 +62,22 @@ def test_rerank_top_depth(bm25, tmp_path: Path) -> None:
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_rerank_an_official_top1000_list(bm25, tmp_path: Path) -> None:
+    """The unscored list: the first ``depth`` rows of each query in file order are re-ranked."""
+    run_path, queries, collection, ce = bm25
+    rows = [(h.qid, h.pid) for h in read_run(run_path)][::-1]  # reversed: not BM25's order
+    top = tmp_path / "top1000.dev"
+    top.write_text("".join(f"{q}\t{p}\tquery text\tpassage text\n" for q, p in rows))
+    out = tmp_path / "dev.rerank.trec"
+    assert run(top, queries, collection, out, 4, _cfg(), model_path=ce) == 3
+    first = {q: [p for qq, p in rows if qq == q][:4] for q in (11, 22, 33)}
+    got = list(read_run(out))
+    assert {(h.qid, h.pid) for h in got} == {(q, p) for q, ps in first.items() for p in ps}
+    bm25_way = tmp_path / "bm25.rerank.trec"
+    run(run_path, queries, collection, bm25_way, 4, _cfg(), model_path=ce)
+    assert {(h.qid, h.pid) for h in read_run(bm25_way)} != {(h.qid, h.pid) for h in got}
+
+
 def test_missing_inputs(bm25, tmp_path: Path) -> None:
     run_path, queries, collection, ce = bm25
     with pytest.raises(FileNotFoundError, match="bm25_mine"):
