@@ -290,10 +290,7 @@ def run(
     if manifest.get("score") != params.score:
         raise DataError(f"{emb_dir}/manifest.json: score {manifest.get('score')!r} != systems.{system}.score")
     for name in EVAL_SETS:  # fail before any work, not after mining
-        if name not in candidates:
-            raise ValueError(f"no re-ranking candidates given for {name!r}")
-        if not Path(candidates[name]).exists():
-            read_candidates(candidates[name])  # raises the error that says which stage makes them
+        read_candidates(candidates[name])  # lazy: only checks the file is there, naming its stage
     normalize = params.score == "cos"
     dev = "cuda" if resolve(device, "fp32").device == "cuda" and search.index == "flat" else "cpu"
     threads = configure_threads()

@@ -26,9 +26,8 @@ from typing import IO, Any
 
 import msgspec
 
-COLUMNS = ("answers", "passages", "query", "query_id", "query_type", "wellFormedAnswers")
-NO_WELL_FORMED = "[]"
-NO_WELL_FORMED_JSON = b'"[]"'
+from tasks.qa_format import COLUMNS, NO_WELL_FORMED, NO_WELL_FORMED_JSON
+
 CHUNK_BYTES = 256 << 10  # read at a time; peak memory ~ one chunk decoded (grows for a longer value)
 MAX_VALUE_BYTES = 64 << 20  # one entry longer than this is not the released layout
 
@@ -59,6 +58,7 @@ _FIRST = re.compile(rb'\{"(' + _NAMES + rb')":\{')
 _NEXT_COLUMN = re.compile(rb'\},"(' + _NAMES + rb')":\{')
 _ENTRY = re.compile(rb',"(?:0|[1-9][0-9]*)":')
 _CANONICAL = re.compile(r"0|[1-9][0-9]*")
+_MARKER = NO_WELL_FORMED_JSON.encode()
 
 
 def passage_texts(value: list[Any]) -> list[str]:
@@ -120,7 +120,7 @@ def _decode(column: str, body: bytes, last_key: int) -> Chunk:
     if column == "wellFormedAnswers":
         for value, text in zip(values, raw.values(), strict=True):
             # The marker must be written plainly: readers compare the text, not the value.
-            if type(value) is str and (value != NO_WELL_FORMED or bytes(text) != NO_WELL_FORMED_JSON):
+            if type(value) is str and (value != NO_WELL_FORMED or bytes(text) != _MARKER):
                 raise NotCompact("wellFormedAnswers: a string other than the plain marker")
     return Chunk(column, body=body, keys=keys, lengths=lengths, values=values)
 

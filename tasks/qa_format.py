@@ -49,7 +49,6 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from tasks.io import READ_ERRORS, DataError, disk_position, iter_lines, open_binary, write_text_atomic
-from tasks.qa_compact import NotCompact, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +414,8 @@ class RowReader:
             tqdm(total=size, unit="B", unit_scale=True, desc=f"read {self.path.name}", mininterval=2)
         )
         if self.compact:
+            from tasks.qa_compact import NotCompact  # it imports this module's schema constants
+
             try:
                 self._spill_compact(bar)
                 return
@@ -446,6 +447,8 @@ class RowReader:
         to ``<column>.spill`` instead. The other columns' key sequences are checked by digest:
         any difference sends the file to the exact scanner, whose error names the key.
         """
+        from tasks.qa_compact import NotCompact, read_chunks
+
         compressed = self.path.suffix == ".gz"
         digests: dict[str, bytes] = {}
         sources: dict[str, tuple[Path, int]] = {}
@@ -459,17 +462,16 @@ class RowReader:
                 for chunk in read_chunks(fh, progress=lambda: bar.update(disk_position(fh) - bar.n)):
                     column = chunk.column
                     if not chunk.keys:  # a column starts
-                        if self.columns:
+                        if self.columns:  # (read_chunks refuses a duplicate column)
                             digests[self.columns[-1]] = digest.digest()
-                        if column in self._spills:
-                            raise NotCompact(f"duplicate column {column!r}")
                         self.columns.append(column)
                         self._spills[column] = self._scratch(f"{column}.lengths")
                         lengths_out = stack.enter_context(open(self._spills[column], "wb"))
-                        sources[column] = (self.path, chunk.offset)
                         if compressed and self.keep_values:
                             sources[column] = (self._scratch(f"{column}.spill"), 0)
                             body_out = stack.enter_context(open(sources[column][0], "wb"))
+                        else:
+                            sources[column] = (self.path, chunk.offset)
                         digest = hashlib.blake2b(digest_size=16)
                         continue
                     if self.on_value is not None:
@@ -612,15 +614,15 @@ class RowReader:
                 yield format_row(row).encode()
             return
         order = [c for c in COLUMNS if c in self._spills]
-        heads = [f'{"{" if n == 0 else ","}"{c}":'.encode() for n, c in enumerate(order)]
+        heads = [f'{"{" if n == 0 else ","}"{c}":' for n, c in enumerate(order)]
         if self._keys is not None:
-            for _, texts in self._zip_compact():
-                yield b"".join([part for pair in zip(heads, texts, strict=True) for part in pair]) + b"}\n"
+            bheads = [h.encode() for h in heads]
+            for _, btexts in self._zip_compact():
+                yield b"".join([part for pair in zip(bheads, btexts, strict=True) for part in pair]) + b"}\n"
             return
-        str_heads = [h.decode() for h in heads]
-        for _, str_texts in self._zip():
-            line = "".join([part for pair in zip(str_heads, str_texts, strict=True) for part in pair])
-            yield (line + "}\n").encode()
+        for _, texts in self._zip():
+            line = "".join([part for pair in zip(heads, texts, strict=True) for part in pair]) + "}\n"
+            yield line.encode()
 
     def _mismatch(self, a: str, key_a: str | None, b: str, key_b: str | None) -> None:
         if key_b is None or (key_a is not None and int(key_a) < int(key_b)):
