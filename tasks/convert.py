@@ -23,6 +23,7 @@ does, so the ``"[]"`` marker adds the distinct one-word strings "[" and "]" when
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from tasks.io import DataError, write_bytes_atomic, write_json, write_text_atomic
+from tasks.io import DataError, scratch_dir, write_bytes_atomic, write_json, write_text_atomic
 from tasks.qa_compact import passage_texts
 from tasks.qa_format import (
     NO_WELL_FORMED,
@@ -65,12 +66,14 @@ WELL_FORMED_COLUMNS = ["answers", "passages", "query", "query_id", "query_type"]
 
 
 # --------------------------------------------------------------------------- conversions
-def _work_dir(near: Path | None, tmp_dir: str | Path | None) -> tempfile.TemporaryDirectory[str]:
-    """Scratch space for spills: ``tmp_dir``, else the directory of ``near``, else the system's."""
-    root = Path(tmp_dir) if tmp_dir else near.parent if near is not None else None
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=".qa-convert-", dir=root)
+def _work_dir(near: Path | None, tmp_dir: str | Path | None) -> contextlib.AbstractContextManager[Path]:
+    """Scratch space for spills: ``tmp_dir``, else the directory of ``near``, else the system's.
+
+    Named ``.qa-convert-<output>.<pid>.scratch`` (:func:`tasks.io.scratch_dir`): the next run
+    for the same output removes the spills of a killed one (gigabytes for the full QA set).
+    """
+    root = Path(tmp_dir) if tmp_dir else near.parent if near is not None else Path(tempfile.gettempdir())
+    return scratch_dir(root, f"qa-convert-{near.name if near is not None else 'stats'}")
 
 
 def _rows(reader: RowReader, what: str) -> tqdm:

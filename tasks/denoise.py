@@ -17,7 +17,8 @@ is KEPT when ``CE(neg) <= threshold`` and dropped otherwise, the threshold chose
 Writes ``paths.out/msmarco-hard-negatives.denoised.jsonl.gz`` (the published format; every
 system key stays, possibly with an empty list) and ``paths.metrics/denoise.json`` (per system:
 candidates, dropped as likely false negatives, kept). A negative or positive without a score
-raises (the score stage ran on other inputs), never counts as kept or dropped.
+raises (the score stage ran on other inputs), never counts as kept or dropped. An empty or
+truncated input fails with one line naming it (exit 1), leaving the previous output in place.
 """
 
 from __future__ import annotations
@@ -52,11 +53,18 @@ def denoise_records(
     lookup: ScoreLookup,
     params: Denoise,
     counts: dict[str, dict[str, int | float]],
+    source: Path | str = "hard negatives",
 ) -> Iterator[HardNegatives]:
-    """Yield each record with its negatives filtered; ``counts[system]`` accumulates."""
+    """Yield each record with its negatives filtered; ``counts[system]`` accumulates.
+
+    ``source`` (the input file) names where a bad record came from in errors.
+    """
     for rec in records:
         if not rec.pos:
-            raise DataError(f"qid {rec.qid}: no positive passage to compare the negatives with")
+            raise DataError(
+                f"{source}: qid {rec.qid} has no positive passage to compare the negatives with; "
+                "rerun the merge stage"
+            )
         limit = threshold(float(lookup.query(rec.qid, list(rec.pos)).min()), params)
         neg: dict[str, list[int]] = {}
         for system, pids in rec.neg.items():
@@ -82,7 +90,7 @@ def run(
 
     def tracked() -> Iterator[HardNegatives]:
         for rec in tqdm(
-            denoise_records(read_hard_negatives(negatives_path), lookup, params, counts),
+            denoise_records(read_hard_negatives(negatives_path), lookup, params, counts, negatives_path),
             desc="denoise",
             unit="query",
         ):

@@ -17,6 +17,10 @@ table with ``skipped=<reason>`` metadata is reported as skipped with the reason.
 
 ``qa`` scores QA answers exactly as the official MS MARCO QA evaluation (see
 :mod:`tasks.qa_eval`).
+
+``run`` exits as every stage (:mod:`tasks.cli`): an empty or malformed qrels or run file is one
+line naming the file (exit 1), a bad ``params.yaml`` exit 2, an OS error exit 3; the previous
+metrics and report stay in place. ``qa`` (a tool, not a stage) exits 2 for a bad answers file.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tasks.config import ConfigError, Evaluate, load_config
-from tasks.io import DataError, atomic_dir, write_json
+from tasks.cli import LOG_FORMAT, run_stage
+from tasks.config import Config, Evaluate
+from tasks.io import DataError, atomic_dir, describe_os_error, write_json
 from tasks.metrics import Qrels, Run, msmarco_mrr, trec_eval
-from tasks.records import read_hard_negatives, read_hits, read_qrels, read_run
+from tasks.records import read_hard_negatives, read_hits, read_qrels, read_run, skipped_reason
 from tasks.report import report_markdown, write_report
 
 log = logging.getLogger(__name__)
@@ -49,18 +54,6 @@ NDCG_DEPTH = 10
 BINARY_LEVEL = {"dev": 1, "dl19": 2}  # TREC DL binary measures count rel >= 2
 
 __all__ = ["evaluate_run", "main", "read_trec_run", "report_markdown", "run", "skipped_reason"]
-
-
-def skipped_reason(hits_file: Path) -> str | None:
-    """The ``skipped`` reason of a zero-row hits file, or None when it is a real table."""
-    if not hits_file.exists():
-        return None
-    meta = pq.read_metadata(hits_file)
-    kv = meta.metadata or {}
-    reason = kv.get(b"skipped")
-    if reason is not None and meta.num_rows == 0:
-        return reason.decode("utf-8")
-    return None
 
 
 def evaluate_run(
@@ -253,7 +246,10 @@ def run(
                 if split not in loaded:
                     loaded[split] = Qrels.from_records(read_qrels(qrels[split]))
                 log.info("%s: %s (%d rows)", name, path.name, len(run_.qid))
-                figures, curve = evaluate_run(run_, loaded[split], split, params.recall_cutoffs, cutoffs)
+                try:
+                    figures, curve = evaluate_run(run_, loaded[split], split, params.recall_cutoffs, cutoffs)
+                except DataError as exc:  # the metrics see arrays: name the two files here
+                    raise DataError(f"{path} against {qrels[split]}: {exc}") from None
                 entry.setdefault(split, {})[mode] = figures
                 curves.setdefault(f"{split}.{mode}", {})[name] = curve
         metrics[name] = entry if entry else {"skipped": "no run files found"}
@@ -280,8 +276,7 @@ def run(
     return metrics
 
 
-def _run_main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.params)
+def _run_main(cfg: Config) -> None:
     run(
         runs_dir=cfg.path("runs"),
         qrels={"dev": cfg.input_path("qrels_dev"), "dl19": cfg.input_path("qrels_dl19")},
@@ -294,10 +289,9 @@ def _run_main(args: argparse.Namespace) -> int:
         systems=list(cfg.systems),
     )
     log.info("wrote %s and %s", cfg.path("metrics") / "retrieval.json", cfg.path("report") / "report.html")
-    return 0
 
 
-def _qa_main(args: argparse.Namespace) -> int:
+def _qa_main(args: argparse.Namespace) -> None:
     from tasks.qa_eval import evaluate_answers
 
     scores = evaluate_answers(args.references, args.candidates)
@@ -307,7 +301,6 @@ def _qa_main(args: argparse.Namespace) -> int:
     lines += [f"{name}: {scores[name]}" for name in sorted(scores)]
     lines.append("############################")
     sys.stdout.write("\n".join(lines) + "\n")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,12 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("candidates", type=Path)
     q.add_argument("--output", type=Path, help="also write the scores as JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run_main(args) if args.cmd == "run" else _qa_main(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    if args.cmd == "run":
+        return run_stage(args.params, _run_main)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:  # ``qa`` is a tool, not a stage: a bad answers file keeps its earlier exit code 2
+        _qa_main(args)
+    except (DataError, FileNotFoundError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except OSError as exc:
+        sys.stderr.write(f"error: {describe_os_error(exc)}\n")
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

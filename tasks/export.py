@@ -19,6 +19,10 @@ name), without replacement and skipping a pid already used for this query by an 
 system. Draws use a generator seeded with ``(seed, qid)``: same inputs + params => the same
 rows and byte-identical files, whatever else changes in the file.
 
+An empty or truncated input, or inputs that give no row at all, fail with one line naming
+the file (exit 1); the exports directory is swapped only when both files have rows, so the
+previous exports stay in place.
+
 The columns are text only, so the files feed the sentence-transformers trainer as they are:
 
     from datasets import load_dataset
@@ -41,7 +45,7 @@ from tqdm import tqdm
 
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Export
-from tasks.io import atomic_dir, file_digest, write_text_atomic
+from tasks.io import DataError, atomic_dir, file_digest, write_text_atomic
 from tasks.records import HardNegatives, read_hard_negatives
 from tasks.score import ScoreLookup, load_texts, read_scores
 
@@ -219,6 +223,15 @@ def run(
             texts,
             lookup,
         )
+        for name, rows, src in (
+            ("triplets", triplets, denoised_path),
+            ("margin_mse", margin, negatives_path),
+        ):
+            if not rows:  # raised inside the swap: the previous exports stay in place
+                raise DataError(
+                    f"{src}: no row to export to {name}.parquet (no query has a positive and a negative "
+                    f"of export.systems {systems}); check the denoise and export params, then rerun"
+                )
         inputs = {
             p.name: file_digest(p)
             for p in (negatives_path, denoised_path, scores_path, collection, queries_path)

@@ -12,6 +12,10 @@ summary ``paths.metrics/merge.json``. A query that has hits but no qrels is skip
 so is a qrels query that no system returned anything for (it had no query text). A positive or
 a repeated pid in a list is dropped with a warning and counted (mining already removes them).
 
+It never replaces a good file with an empty one: an empty or truncated qrels or hits file, or
+inputs that share no query (0 lines to write), fail with one line naming the file (exit 1)
+and leave the previous ``msmarco-hard-negatives.jsonl.gz`` as it was.
+
     python -m tasks.merge
 """
 
@@ -24,23 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tasks.cli import run_stage, stage_parser
 from tasks.io import DataError, write_json
-from tasks.records import HardNegatives, qrels_by_query, read_hits, read_qrels, write_hard_negatives
+from tasks.records import (
+    HardNegatives,
+    qrels_by_query,
+    read_hits,
+    read_qrels,
+    skipped_reason,
+    write_hard_negatives,
+)
 
 log = logging.getLogger(__name__)
 
 OUT_NAME = "msmarco-hard-negatives.jsonl.gz"
-
-
-def skipped_reason(path: Path) -> str | None:
-    """``skipped`` metadata of a zero-row hits file, else None."""
-    meta = pq.read_metadata(path)
-    reason = (meta.metadata or {}).get(b"skipped")
-    return reason.decode("utf-8") if reason is not None and meta.num_rows == 0 else None
+__all__ = ["OUT_NAME", "main", "run", "skipped_reason"]
 
 
 class _SystemHits:
@@ -93,8 +97,16 @@ def run(
         raise DataError(f"{negatives_dir}: no system has hits to merge (looked for {', '.join(systems)})")
 
     positives = qrels_by_query(read_qrels(qrels_train))
+    if not positives:
+        raise DataError(f"{qrels_train}: no judgement with relevance >= 1; is it the training qrels?")
     mined = np.unique(np.concatenate([s.unique_qids() for s in loaded]))
     with_qrels = [int(q) for q in mined if int(q) in positives]
+    if not with_qrels:
+        raise DataError(
+            f"{qrels_train}: none of its {len(positives)} judged queries is among the {len(mined)} queries "
+            f"mined in {negatives_dir} (nothing to write); are the qrels and the mined queries the same "
+            "training set? Rerun the mining stages after changing inputs"
+        )
     counts = {
         name.name: {"queries": 0, "negatives": 0, "positives_dropped": 0, "duplicates_dropped": 0}
         for name in loaded

@@ -7,10 +7,26 @@ Formats (kept exactly as users exchange them):
 - run: TREC ``qid Q0 pid rank score tag``.
 - hits: the per-system mining artifact, Parquet with columns
   ``qid:int64, rank:int32, pid:int64, score:float32``, sorted by (qid, rank).
+
+Bad input is a :class:`~tasks.io.DataError` naming the file and line, raised before anything
+is written (stages fail with exit code 1 and keep their previous outputs):
+
+- an empty file (no record; blank lines do not count): every input here holds records, so an
+  empty one was truncated or never filled. A run file is the exception (an empty run is
+  reported by ``evaluate`` as "not evaluated").
+- a line with the wrong number of fields: collection and queries lines are exactly
+  ``id<TAB>text`` (a tab inside a text would shift every column of every reader of the file);
+  qrels 4 columns, runs 6.
+- an empty query text (nothing to retrieve with). An empty or blank PASSAGE text is allowed,
+  counted and reported once per read (a warning naming the first line): published collections
+  may carry a few, and the score stage scores them against the query alone (``empty_passages``
+  in its metrics), as it always has.
+- a truncated or damaged gzip stream or Parquet file.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.io import DataError, atomic_path, iter_lines, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 class Passage(NamedTuple):
@@ -53,30 +71,62 @@ def _int(value: str, path: Path, lineno: int, what: str) -> int:
         raise DataError(f"{path}:{lineno}: {what} {value!r} is not an integer") from None
 
 
-def _read_id_text(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+def empty_file(path: Path, what: str, kind: str) -> DataError:
+    """The error for an input with no records (see the module docstring)."""
+    return DataError(
+        f"{path}: no {what} (an empty {kind} file, or only blank lines); it was probably "
+        "truncated: delete it and rerun the stage that makes it (download or sample)"
+    )
+
+
+def _read_id_text(
+    path: str | Path, what: str, text_name: str, empty_text_ok: bool
+) -> Iterator[tuple[int, str]]:
     path = Path(path)
     seen: set[int] = set()
+    blank: list[int] = []
     for lineno, line in iter_lines(path):
         if not line:
             continue
-        ident, sep, text = line.partition("\t")
-        if not sep:
-            raise DataError(f"{path}:{lineno}: expected '<{what}>\\t<text>', found no tab")
+        fields = line.split("\t")
+        if len(fields) != 2:
+            found = "no tab" if len(fields) == 1 else f"{len(fields)} fields"
+            raise DataError(
+                f"{path}:{lineno}: expected 2 tab-separated fields '<{what}>\\t<{text_name}>', found {found} "
+                f"(a {text_name} may not contain a tab); fix or delete the line"
+            )
+        ident, text = fields
         value = _int(ident, path, lineno, what)
         if value in seen:
             raise DataError(f"{path}:{lineno}: duplicate {what} {value}")
         seen.add(value)
+        if not text or text.isspace():  # isspace: no copy per line (8.8M passages)
+            if not empty_text_ok:
+                raise DataError(
+                    f"{path}:{lineno}: {what} {value} has an empty {text_name}; "
+                    "give it a text or delete the line"
+                )
+            blank.append(lineno)
         yield value, text
+    if not seen:
+        raise empty_file(path, f"{text_name}s", "collection" if what == "pid" else "queries")
+    if blank:
+        log.warning(
+            "%s: %d empty %s text(s) of %d (first on line %d); kept, as published collections have a few",
+            path, len(blank), text_name, len(seen), blank[0],
+        )  # fmt: skip
 
 
 def read_collection(path: str | Path) -> Iterator[Passage]:
-    """Passages of ``collection.tsv`` in file order. Duplicate or non-integer pids raise."""
-    for pid, text in _read_id_text(path, "pid"):
+    """Passages of ``collection.tsv`` in file order. Duplicate or non-integer pids raise;
+    empty passage texts are allowed and counted (module docstring)."""
+    for pid, text in _read_id_text(path, "pid", "passage", empty_text_ok=True):
         yield Passage(pid, text)
 
 
 def read_queries(path: str | Path) -> Iterator[Query]:
-    for qid, text in _read_id_text(path, "qid"):
+    """Queries in file order; an empty query text raises, naming its line."""
+    for qid, text in _read_id_text(path, "qid", "query", empty_text_ok=False):
         yield Query(qid, text)
 
 
@@ -90,19 +140,26 @@ def write_id_text(path: str | Path, rows: Iterable[tuple[int, str]]) -> None:
 
 
 def read_qrels(path: str | Path) -> Iterator[Qrel]:
-    """TREC qrels ``qid iter pid rel``; whitespace (tab or space) separated."""
+    """TREC qrels ``qid iter pid rel``; whitespace (tab or space) separated. An empty file raises."""
     path = Path(path)
+    n = 0
     for lineno, line in iter_lines(path):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 4:
-            raise DataError(f"{path}:{lineno}: expected 4 columns 'qid 0 pid rel', found {len(parts)}")
+            raise DataError(
+                f"{path}:{lineno}: expected 4 columns 'qid 0 pid rel', found {len(parts)}; "
+                "fix or delete the line"
+            )
+        n += 1
         yield Qrel(
             _int(parts[0], path, lineno, "qid"),
             _int(parts[2], path, lineno, "pid"),
             _int(parts[3], path, lineno, "relevance"),
         )
+    if not n:
+        raise empty_file(path, "judgements", "qrels")
 
 
 def qrels_by_query(qrels: Iterable[Qrel], min_rel: int = 1) -> dict[int, list[int]]:
@@ -135,6 +192,8 @@ def read_top1000(path: str | Path) -> Iterator[Hit]:
     path = Path(path)
     ranks: dict[int, int] = {}
     for lineno, line in iter_lines(path):
+        if not line:
+            continue
         parts = line.split("\t", 2)
         if len(parts) < 2:
             raise DataError(f"{path}:{lineno}: expected 'qid<TAB>pid<TAB>query<TAB>passage'")
@@ -142,6 +201,8 @@ def read_top1000(path: str | Path) -> Iterator[Hit]:
         pid = _int(parts[1], path, lineno, "pid")
         ranks[qid] = rank = ranks.get(qid, 0) + 1
         yield Hit(qid, pid, rank, 0.0)
+    if not ranks:
+        raise empty_file(path, "candidates", "top1000")
 
 
 def read_candidates(path: str | Path) -> Iterator[Hit]:
@@ -155,6 +216,7 @@ def read_candidates(path: str | Path) -> Iterator[Hit]:
 
 
 def read_run(path: str | Path) -> Iterator[Hit]:
+    """A TREC run, in file order. An empty run yields nothing (``evaluate`` reports it)."""
     path = Path(path)
     for lineno, line in iter_lines(path):
         parts = line.split()
@@ -210,11 +272,34 @@ def write_hits(path: str | Path, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=False)
 
 
+def _damaged_parquet(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path}: not a readable Parquet file ({exc}); delete it and rerun the stage that makes it"
+    )
+
+
+def skipped_reason(path: str | Path) -> str | None:
+    """The ``skipped`` reason of a zero-row hits file (a system that could not run), else None
+    (also when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        meta = pq.read_metadata(path)
+    except pa.ArrowInvalid as exc:
+        raise _damaged_parquet(path, exc) from None
+    reason = (meta.metadata or {}).get(b"skipped")
+    return reason.decode("utf-8") if reason is not None and meta.num_rows == 0 else None
+
+
 def read_hits(path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such hits file; run the mining stage first")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowInvalid as exc:
+        raise _damaged_parquet(path, exc) from None
     missing = {"qid", "rank", "pid", "score"} - set(table.column_names)
     if missing:
         raise DataError(f"{path}: hits file lacks column(s) {sorted(missing)}")
@@ -251,11 +336,13 @@ def read_hard_negatives(path: str | Path) -> Iterator[HardNegatives]:
     """Records of a hard-negatives JSONL file (gzip or not), ours or the published one.
 
     Each line must be ``{"qid": int, "pos": [int...], "neg": {system: [int...]}}``; anything
-    else raises :class:`DataError` naming the line. Order and systems are kept as in the file.
+    else raises :class:`DataError` naming the line, and so does an empty file (merge never
+    writes one). Order and systems are kept as in the file.
     """
     import json
 
     path = Path(path)
+    n = 0
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
@@ -273,11 +360,14 @@ def read_hard_negatives(path: str | Path) -> Iterator[HardNegatives]:
         neg = obj["neg"]
         if not isinstance(neg, dict):
             raise DataError(f"{path}:{lineno}: 'neg' must map system names to lists of pids")
+        n += 1
         yield HardNegatives(
             qid,
             _int_list(obj["pos"], path, lineno, "pos"),
             {str(s): _int_list(v, path, lineno, f"neg.{s}") for s, v in neg.items()},
         )
+    if not n:
+        raise DataError(f"{path}: no hard-negative records (the file is empty); rerun the merge stage")
 
 
 def write_hard_negatives(path: str | Path, records: Iterable[HardNegatives]) -> int:

@@ -88,3 +88,28 @@ def test_json_roundtrip_and_error(tmp_path):
     (tmp_path / "bad.json").write_text('{"a": ')
     with pytest.raises(DataError, match=r"bad\.json:1:\d+: invalid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_os_errors_inside_writers_name_the_final_file(tmp_path):
+    """Python gives write/fsync/close errors no file name; users know the final name, not the
+    temporary one: the atomic writers attach it, and the temporary is gone."""
+    import errno
+
+    from tasks.io import describe_os_error
+
+    final = tmp_path / "out.txt"
+    with pytest.raises(OSError) as exc, atomic_path(final):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert exc.value.filename == str(final)
+    line = describe_os_error(exc.value)
+    assert line.startswith(
+        f"{final}: No space left on device (ENOSPC); free space on the disk holding {tmp_path}"
+    )
+    with pytest.raises(OSError) as exc, atomic_dir(tmp_path / "d") as stage:
+        raise PermissionError(errno.EACCES, "Permission denied", str(stage / "sub" / "x.parquet"))
+    assert exc.value.filename == str(tmp_path / "d" / "sub" / "x.parquet")
+    assert "Permission denied (EACCES); give this user" in describe_os_error(exc.value)
+    with pytest.raises(OSError) as exc, atomic_path(final):
+        raise OSError(errno.ECONNRESET, "Connection reset")  # not about the file: left unnamed
+    assert exc.value.filename is None
+    assert list(tmp_path.iterdir()) == []

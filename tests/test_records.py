@@ -15,6 +15,7 @@ from tasks.records import (
     read_collection,
     read_hits,
     read_qrels,
+    read_queries,
     read_run,
     write_hits,
     write_qrels,
@@ -27,7 +28,10 @@ from tasks.records import (
     [
         ("1\ta\nx2\tb\n", r"c\.tsv:2: pid 'x2' is not an integer"),
         ("1\ta\n1\tb\n", r"c\.tsv:2: duplicate pid 1"),
-        ("1 a\n", r"c\.tsv:1: expected '<pid>\\t<text>'"),
+        ("1 a\n", r"c\.tsv:1: expected 2 tab-separated fields '<pid>\\t<passage>', found no tab"),
+        ("1\ta\n2\tb\tc\n", r"c\.tsv:2: expected 2 tab-separated fields .* found 3 fields"),
+        ("", r"c\.tsv: no passages \(an empty collection file"),
+        ("\n\n", r"c\.tsv: no passages \(an empty collection file, or only blank lines\)"),
     ],
 )
 def test_collection_errors_name_the_line(tmp_path, content, message):
@@ -85,3 +89,39 @@ def test_hits_table_ranks_and_parquet_roundtrip(tmp_path):
     assert back.equals(table)
     assert list(iter_hits(back))[3] == Hit(7, 4, 1, 9.0)
     assert hits_table([], [], []).num_rows == 0
+
+
+def test_empty_texts_queries_raise_passages_are_counted(tmp_path, caplog):
+    """An empty query cannot be retrieved with (error, naming the line); an empty passage is
+    allowed, as published collections have a few, and reported once with its count."""
+    (tmp_path / "q.tsv").write_text("1\twhat is x\n2\t \n")
+    with pytest.raises(DataError, match=r"q\.tsv:2: qid 2 has an empty query; give it a text"):
+        list(read_queries(tmp_path / "q.tsv"))
+    (tmp_path / "c.tsv").write_text("1\tsome text\n2\t\n3\t  \n4\tmore\n")
+    with caplog.at_level("WARNING", logger="tasks.records"):
+        assert [p.pid for p in read_collection(tmp_path / "c.tsv")] == [1, 2, 3, 4]
+    assert "c.tsv: 2 empty passage text(s) of 4 (first on line 2)" in caplog.text
+
+
+@pytest.mark.parametrize("reader", ["qrels", "hard_negatives", "top1000"])
+def test_empty_inputs_raise_naming_the_file(tmp_path, reader):
+    from tasks.records import read_hard_negatives, read_top1000
+
+    path = tmp_path / f"{reader}.txt"
+    path.write_text("\n")
+    read = {"qrels": read_qrels, "hard_negatives": read_hard_negatives, "top1000": read_top1000}[reader]
+    with pytest.raises(DataError, match=rf"{reader}\.txt: no "):
+        list(read(path))
+    (tmp_path / "r.trec").write_text("")
+    assert list(read_run(tmp_path / "r.trec")) == []  # an empty run is evaluate's to report
+
+
+def test_truncated_parquet_names_the_file(tmp_path):
+    from tasks.records import skipped_reason
+
+    write_hits(tmp_path / "h.parquet", hits_table([5], [1], [3.0]))
+    data = (tmp_path / "h.parquet").read_bytes()
+    (tmp_path / "h.parquet").write_bytes(data[: len(data) // 2])
+    for read in (read_hits, skipped_reason):
+        with pytest.raises(DataError, match=r"h\.parquet: not a readable Parquet file .*rerun the stage"):
+            read(tmp_path / "h.parquet")
