@@ -21,8 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from multiprocessing import get_context
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from tasks.config import Bm25, Config, Mine
 from tasks.io import DataError, write_json
 from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run
 from tasks.scaleout import executor as shard_executor
+from tasks.scaleout import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,8 @@ class QueryPool:
         if cluster is None and params.threads == 1:
             self.searcher = open_backend(index_dir, params)
         elif cluster is None and params.backend == "embedded":  # tantivy holds the GIL: processes
-            self.pool = ProcessPoolExecutor(
-                params.threads, get_context("spawn"), initializer=_init_worker, initargs=(index_dir, params)
-            )
+            # (that end with this process, even on kill -9: see tasks.scaleout.process_pool)
+            self.pool = process_pool(params.threads, initializer=_init_worker, initargs=(index_dir, params))
         elif cluster is None:  # Elasticsearch does the work: threads are enough
             self.pool = ThreadPoolExecutor(
                 params.threads, initializer=_init_worker, initargs=(index_dir, params)

@@ -1,13 +1,13 @@
 """Where shard work runs: a Dask cluster, local processes, or this process.
 
-The heavy stages (encode, score, BM25 mining) split their work into shards and hand each
-shard to a module-level, pure function. This module decides where those calls run, from
+The heavy stages (encode, score, ce_rerank, BM25 mining) split their work into shards and hand
+each shard to a module-level, pure function. This module decides where those calls run, from
 ``params.yaml``'s ``orchestration`` section:
 
 - ``dask_address: tcp://scheduler:8786`` -> the shards go to that ``dask.distributed`` cluster
-  (``Client.get_executor()``). Every worker needs this project importable at the same path
-  and the same data directories (a shared filesystem), since shard functions read and write
-  by path.
+  (``Client.get_executor()``). Every worker needs this project importable (installed, or
+  ``PYTHONPATH`` at the checkout) and the same data directories at the same paths (a shared
+  filesystem), since shard functions read and write by path.
 - otherwise ``local_workers > 1`` -> a local :class:`~concurrent.futures.ProcessPoolExecutor`
   (``spawn`` context: safe with torch and threads), each worker limited to its share of the
   cores (``OMP_NUM_THREADS`` = cores // workers), so N workers never run N x cores threads;
@@ -18,21 +18,50 @@ All three are ``concurrent.futures``-style (``submit(fn, *args)`` returning futu
 outputs are identical wherever the shards ran. The scheduler address is deliberately not a
 DVC param of any stage: where the work runs does not change what it produces.
 
-    python -m tasks.scaleout --params params.yaml   # says which executor the config selects
+Two guarantees this layer adds, because users run stages as ``python -m tasks.<stage>`` under
+``dvc repro`` and the Prefect flow:
+
+- **No orphans** (:func:`process_pool`): a local worker dies within a second of its parent
+  (kill -9 included). Otherwise it would block forever on its task pipe, holding its model
+  (~700 MB; GPU memory on a GPU machine) and the stage's stdout, so ``dvc`` and the flow
+  reading that stdout would never see EOF.
+- **Stage functions pickle by reference** (:class:`ImportableCalls`): under ``python -m
+  tasks.score`` the shard function lives in ``__main__``, which cloudpickle ships *by value*
+  with its module globals (a ``threading.Lock`` fails to pickle; a module-level model cache
+  would be rebuilt per shard). Calls are re-addressed to the importable module
+  (``tasks.score``), which every worker imports once.
+
+    python -m tasks.scaleout --params params.yaml          # which executor the config selects
+    python -m tasks.scaleout --params params.yaml --ping   # and run a probe on every Dask worker
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import importlib
+import io
 import logging
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
+import operator
 import os
+import pickle
+import queue
+import signal
+import socket
 import sys
+import threading
+import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
+import cloudpickle
 from tqdm import tqdm
 
 from tasks.accel import cpu_count
@@ -41,6 +70,9 @@ from tasks.config import ConfigError, Orchestration, load_config
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_POLL_S = 0.5  # parent check interval where no parent pipe is available
 
 
 class InlineExecutor(Executor):
@@ -55,8 +87,9 @@ class InlineExecutor(Executor):
         return fut
 
 
+# --------------------------------------------------------------------------- no orphans
 def _limit_threads(threads: int) -> None:
-    """Pool initializer: this worker's share of the cores, for torch, OpenMP and BLAS alike.
+    """This worker's share of the cores, for torch, OpenMP and BLAS alike.
 
     Set before torch is imported in the (spawned) worker, so torch starts with that many
     threads; ``tasks.accel.configure_threads`` honours it too. Measured on 2 cores, the sample's
@@ -67,6 +100,246 @@ def _limit_threads(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
+def _set_pdeathsig() -> bool:
+    """Ask Linux to SIGKILL this process when the thread that spawned it ends."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+            return False
+    except (OSError, AttributeError) as exc:  # no libc / no prctl: the watchdog still works
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+        return False
+    return True
+
+
+def _orphaned() -> None:
+    # The main thread may be blocked on the task pipe or deep in a model call: end the process
+    # itself, at once. Nothing to flush: the parent that would read results is gone; and no
+    # logging: stderr may be a full pipe nobody reads any more, and a write would block.
+    os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid == parent_pid:
+        # the read end of the pipe the parent spawned us through: EOF (ready) when it dies
+        multiprocessing.connection.wait([parent.sentinel])
+    else:
+        while os.getppid() == parent_pid:
+            time.sleep(WATCH_POLL_S)
+    _orphaned()
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """End this process as soon as process ``parent_pid`` (its parent) ends, however it ends.
+
+    Two mechanisms, because either alone has a gap: ``PR_SET_PDEATHSIG`` (Linux; a SIGKILL from
+    the kernel, immediate even while this process is stuck in a C call) fires when the parent
+    *thread* that spawned us ends, so the parent must spawn from a thread that lives as long as
+    it does (:func:`process_pool` does); the watchdog thread (any POSIX system) waits for EOF on
+    the pipe multiprocessing spawned us through, or polls the parent pid. A parent that died
+    before this call is caught by comparing ``os.getppid()`` afterwards.
+    """
+    _set_pdeathsig()
+    if os.getppid() != parent_pid:
+        _orphaned()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _init_worker(
+    parent_pid: int, threads: int | None, initializer: Callable[..., object] | None, initargs: tuple
+) -> None:
+    """Pool initializer: die with the parent, take this worker's share of cores, then the
+    caller's own initializer."""
+    exit_with_parent(parent_pid)
+    if threads is not None:
+        _limit_threads(threads)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class _Spawner:
+    """One daemon thread, alive as long as this process, that starts every pool worker.
+
+    ``ProcessPoolExecutor`` starts workers from whichever thread submits (or from its own
+    management thread), and ``PR_SET_PDEATHSIG`` fires when *that thread* ends: a pool used
+    from a short-lived thread (a Prefect task runner's, say) would have its workers killed
+    under it.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], None], Future[None]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while True:
+            call, done = self._calls.get()
+            try:
+                call()
+                done.set_result(None)
+            except BaseException as exc:  # handed back to the caller of start()
+                done.set_exception(exc)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        if threading.current_thread() is self._thread:
+            fn()
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="worker-spawner", daemon=True)
+                self._thread.start()
+        done: Future[None] = Future()
+        self._calls.put((fn, done))
+        done.result()
+
+
+_SPAWNER = _Spawner()
+
+
+class _SpawnedByKeeper(multiprocessing.context.SpawnProcess):
+    def start(self) -> None:
+        _SPAWNER.call(super().start)
+
+
+class _KeeperSpawnContext(multiprocessing.context.SpawnContext):
+    """The ``spawn`` context, with every process started from :data:`_SPAWNER`'s thread."""
+
+    Process = _SpawnedByKeeper  # type: ignore[assignment]
+
+
+def process_pool(
+    max_workers: int,
+    *,
+    threads: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple = (),
+) -> ProcessPoolExecutor:
+    """A ``spawn`` process pool whose workers exit within a second of this process's death.
+
+    ``threads``: OpenMP/BLAS/torch threads per worker (``None``: leave as is). Every worker
+    runs :func:`exit_with_parent` before ``initializer(*initargs)``.
+    """
+    return ProcessPoolExecutor(
+        max_workers=max_workers,
+        mp_context=_KeeperSpawnContext(),
+        initializer=_init_worker,
+        initargs=(os.getpid(), threads, initializer, initargs),
+    )
+
+
+# --------------------------------------------------------------------------- Dask pickling
+class _ModuleRef:
+    """Pickles as ``importlib.import_module(name)``: the module, looked up where it is loaded."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return importlib.import_module, (self.name,)
+
+
+class _Readdressing(cloudpickle.CloudPickler):
+    """cloudpickle, except that functions and classes of module ``src`` are pickled by
+    reference to module ``dst``; everything else as cloudpickle would."""
+
+    def __init__(self, file: io.BytesIO, src: str, dst: str) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._src, self._dst = src, dst
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, type | types.FunctionType)
+            and getattr(obj, "__module__", None) == self._src
+            and "<locals>" not in obj.__qualname__
+            and "<lambda>" not in obj.__qualname__
+        ):
+            # stdlib callables only: nothing of ``src`` itself (this module under ``python -m
+            # tasks.scaleout``) may appear in the reduction, or it would recurse
+            return operator.attrgetter(obj.__qualname__), (_ModuleRef(self._dst),)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj: Any, src: str, dst: str) -> bytes:
+    buf = io.BytesIO()
+    _Readdressing(buf, src, dst).dump(obj)
+    return buf.getvalue()
+
+
+def run_readdressed(payload: bytes, main_name: str) -> bytes:
+    """Worker side: run the call; its result goes back with ``main_name``'s objects re-addressed
+    to ``__main__``, so the submitting stage gets its own classes back, as in-process."""
+    fn, args, kwargs = pickle.loads(payload)
+    return _dumps(fn(*args, **kwargs), main_name, "__main__")
+
+
+def importable_main() -> str | None:
+    """The importable name of ``__main__`` (``tasks.score`` under ``python -m tasks.score``),
+    or ``None`` for a script, ``-c`` or an interactive session."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name if name and name != "__main__" and not name.endswith(".__main__") else None
+
+
+class _ChainedFuture(Future[T]):
+    def __init__(self, inner: Future[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def cancel(self) -> bool:
+        return self._inner.cancel() and super().cancel()
+
+
+class ImportableCalls(Executor):
+    """Wraps an executor whose calls are pickled (Dask) so ``__main__`` objects travel by
+    reference to their importable module.
+
+    ``submit(fn, *args)`` pickles ``(fn, args, kwargs)`` with every function and class of
+    ``__main__`` replaced by a reference to ``main_name`` (``tasks.score``), sends that to
+    :func:`run_readdressed` (itself importable), and unpickles the result here. Objects that
+    are not importable (lambdas, local functions) still go by value, as with plain Dask.
+    """
+
+    def __init__(self, inner: Executor, main_name: str) -> None:
+        self._inner = inner
+        self._main = main_name
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        payload = _dumps((fn, args, kwargs), "__main__", self._main)
+        inner: Future[bytes] = self._inner.submit(run_readdressed, payload, self._main)
+        outer: _ChainedFuture[T] = _ChainedFuture(inner)
+
+        def settle(done: Future[bytes]) -> None:
+            if done.cancelled():
+                outer.cancel()
+                return
+            exc = done.exception()
+            try:
+                if exc is not None:
+                    outer.set_exception(exc)
+                else:
+                    outer.set_result(pickle.loads(done.result()))
+            except Exception as err:  # an undecodable result: the caller sees why
+                if not outer.done():
+                    outer.set_exception(err)
+
+        inner.add_done_callback(settle)
+        return outer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._inner.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def readdress_main(ex: Executor) -> Executor:
+    """``ex`` wrapped in :class:`ImportableCalls` when ``__main__`` is importable, else ``ex``."""
+    main_name = importable_main()
+    return ImportableCalls(ex, main_name) if main_name else ex
+
+
+# --------------------------------------------------------------------------- selection
 def describe(orch: Orchestration) -> str:
     """One line saying where shard work will run for this config."""
     if orch.dask_address:
@@ -93,18 +366,18 @@ def executor(orch: Orchestration, *, timeout_s: float = 30.0) -> Iterator[Execut
                 f"params.yaml: orchestration.dask_address={orch.dask_address!r}: no Dask scheduler "
                 f"answered within {timeout_s:g}s ({exc}); start one (`dask scheduler`) or set it to null"
             ) from None
-        log.info("shards run on %s (%d workers)", orch.dask_address, len(client.scheduler_info()["workers"]))
+        n_workers = len(client.scheduler_info()["workers"])
+        log.info("shards run on %s (%d workers)", orch.dask_address, n_workers)
+        if not n_workers:
+            log.warning("no Dask worker is connected: shards wait until one joins (`dask worker ADDRESS`)")
         try:
             with client.get_executor(pure=False) as ex:
-                yield ex
+                yield readdress_main(ex)
         finally:
             client.close()
     elif orch.local_workers > 1:
-        ctx = multiprocessing.get_context("spawn")
         threads = max(1, cpu_count() // orch.local_workers)
-        with ProcessPoolExecutor(
-            max_workers=orch.local_workers, mp_context=ctx, initializer=_limit_threads, initargs=(threads,)
-        ) as ex:
+        with process_pool(orch.local_workers, threads=threads) as ex:
             yield ex
     else:
         yield InlineExecutor()
@@ -132,25 +405,67 @@ def map_ordered(
     return results
 
 
+# --------------------------------------------------------------------------- CLI
+def probe() -> dict[str, Any]:
+    """Where a shard ran and which checkout it imported (``--ping``)."""
+    from tasks.config import ROOT
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "root": str(ROOT)}
+
+
+def _ping(orch: Orchestration, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Run :func:`probe` on every Dask worker (pinned to each), or once locally."""
+    from tasks.config import ROOT
+
+    with executor(orch, timeout_s=timeout_s) as ex:
+        if orch.dask_address:
+            from distributed import get_client
+
+            client = get_client()
+            probes = []
+            for addr in sorted(client.scheduler_info()["workers"]):
+                with client.get_executor(pure=False, workers=[addr], allow_other_workers=False) as pinned:
+                    probes += map_ordered(readdress_main(pinned), probe, [()], desc="ping")
+        else:
+            probes = map_ordered(ex, probe, [()], desc="ping")
+    if not probes:
+        raise ConfigError(
+            f"params.yaml: orchestration.dask_address={orch.dask_address!r}: the scheduler has no "
+            f"workers; start some (`dask worker {orch.dask_address}`)"
+        )
+    for p in probes:
+        log.info("ok: a shard ran on %s (pid %d) from %s", p["host"], p["pid"], p["root"])
+        if p["root"] != str(ROOT):
+            log.warning(
+                "that worker imports the project from %s, this process from %s: shards read and "
+                "write by path, so both need the same code and data at the same paths",
+                p["root"],
+                ROOT,
+            )
+    return probes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.scaleout",
-        description="Say where shard work (encode, score, BM25 mining) runs for this config: "
-        "a Dask cluster (orchestration.dask_address), local processes (orchestration.local_workers) "
-        "or in-process; with --ping, also connect and count the workers.",
-        epilog="example: dask scheduler & dask worker tcp://127.0.0.1:8786 & python -m tasks.scaleout --ping",
+        description="Say where shard work (encode, score, ce_rerank, BM25 mining) runs for this "
+        "config: a Dask cluster (orchestration.dask_address), local processes "
+        "(orchestration.local_workers) or in-process; with --ping, also run a probe shard there.",
+        epilog="example: dask scheduler --scheduler-file s.json & dask worker --scheduler-file s.json & "
+        "python -m tasks.scaleout --ping",
     )
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--ping", action="store_true", help="connect and run one trivial shard")
+    parser.add_argument("--ping", action="store_true", help="connect and run one probe shard per worker")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="wait at most S s for the scheduler (30)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         orch = load_config(args.params).orchestration
         log.info("shard work runs on: %s", describe(orch))
         if args.ping:
-            with executor(orch) as ex:
-                map_ordered(ex, abs, [(-1,)])
-            log.info("ok: a shard ran")
+            _ping(orch, args.timeout)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -1,16 +1,19 @@
-"""The real encode and score shards on a 2-worker Dask cluster: byte-identical to in-process."""
+"""The real encode, score and BM25 shards on a multi-process Dask cluster (``dask scheduler`` +
+``dask worker`` subprocesses, shared by the session): byte-identical to in-process.
+
+tests/test_dask_cli.py runs the same stages through their CLIs, as users do."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from distributed import LocalCluster
 
 from tasks import encode, score
 from tasks.config import CrossEncoderCfg, DenseSystem, Encode, Orchestration
 from tasks.scaleout import executor
 from tests._model_helpers import tiny_models, tiny_texts
+from tests._scaleout_helpers import dask_cluster, one_torch_thread
 from tests._score_helpers import tiny_world
 
 pytestmark = pytest.mark.slow
@@ -22,12 +25,9 @@ def models(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def dask_orch():
-    # Worker threads in this process (processes=False): each worker process would otherwise spend
-    # tens of seconds importing torch + transformers on 2 shared cores. Real TCP worker processes
-    # are covered with a pure shard function in test_scaleout.py.
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        yield Orchestration(dask_address=cluster.scheduler_address)
+def dask_orch(request: pytest.FixtureRequest) -> Orchestration:
+    # one worker process with two task threads: it imports torch once for the whole session
+    return Orchestration(dask_address=dask_cluster(request).address)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -49,7 +49,8 @@ def test_encode_shards_on_dask_match_in_process(models, dask_orch, tmp_path: Pat
         # a cache per run, so the Dask run really computes every shard
         return encode.run("tiny", system, params, parts, out / "emb", out / "cache", executor=ex)
 
-    local = run(tmp_path / "local", None)
+    with one_torch_thread():  # as in the dask worker process
+        local = run(tmp_path / "local", None)
     with executor(dask_orch) as ex:
         remote = run(tmp_path / "dask", ex)
     assert local["computed"] == remote["computed"] == 5  # 80/32 + 40/32 shards
@@ -68,7 +69,8 @@ def test_score_shards_on_dask_match_in_process(models, dask_orch, tmp_path: Path
             model_path=str(models.cross_encoder), executor=ex,
         )  # fmt: skip
 
-    local = run(tmp_path / "local", None)
+    with one_torch_thread():  # as in the dask worker process
+        local = run(tmp_path / "local", None)
     with executor(dask_orch) as ex:
         remote = run(tmp_path / "dask", ex)
     assert local == remote and local["shards"] >= 3
@@ -96,7 +98,8 @@ def test_bm25_mining_on_dask_matches_local(dask_orch, tmp_path: Path):
             out / "summary.json", params, Mine(top_k=10, eval_depth=20), cluster=ex,
         )  # fmt: skip
 
-    local = run(tmp_path / "local", None)
+    with one_torch_thread():  # as in the dask worker process
+        local = run(tmp_path / "local", None)
     with executor(dask_orch) as ex:
         remote = run(tmp_path / "dask", ex)
     assert local == remote and local["train_hits"] > 0
