@@ -4,19 +4,35 @@
     args = parser.parse_args(argv)
     return run_stage(args.params, lambda cfg: run(...paths from cfg...))
 
-Exit codes: 0 done; 1 bad input data or a missing input file (the message names the file,
-line or key); 2 a missing or invalid ``params.yaml`` (the message names the key).
+Every failure ends with ONE log line (no traceback) that names the file and says what to do,
+and the exit code tells a scheduler what kind of failure it was:
+
+- 0 done.
+- 1 bad input data or a missing input file: an empty or truncated file, a line with the wrong
+  number of fields, an empty text where one is required (the message names the file and line).
+- 2 a missing or invalid ``params.yaml`` (the message names the key).
+- 3 an OS or environment error reading or writing a file: disk full (ENOSPC), quota (EDQUOT),
+  file too large (EFBIG, including the ``ulimit -f`` limit: SIGXFSZ is ignored so the write
+  fails with EFBIG instead of killing the stage), read-only file system (EROFS), permission
+  denied (EACCES/EPERM), I/O error... (the message names the file and what to free or fix).
+- 4 busy: another process is already running this stage or holds this checkout.
+
+In every failing case the previous outputs are unchanged: every writer goes through
+:mod:`tasks.io`'s atomic helpers, which remove their temporary file on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from tasks.config import Config, ConfigError, load_config
-from tasks.io import DataError
+from tasks.io import DataError, describe_os_error
+from tasks.locks import EXIT_BUSY, Busy, stage_lock, stage_name
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +48,54 @@ def stage_parser(module: str, description: str, example: str, **kwargs: Any) -> 
     return parser
 
 
-def run_stage(params: str, work: Callable[[Config], object]) -> int:
-    """Load and validate ``params``, call ``work(cfg)``; log a clear error and return the exit code."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+def report_errors(work: Callable[[], object]) -> int:
+    """Call ``work()``; turn a failure into one logged line and its exit code (module docstring).
+
+    The mapping behind :func:`run_stage`, for a command that loads no params file itself.
+    """
     try:
-        work(load_config(params))
+        work()
     except ConfigError as exc:  # a ValueError too: caught first
         log.error("%s", exc)
         return 2
     except (DataError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+    except OSError as exc:  # after FileNotFoundError: a missing input is bad input (1)
+        log.error("%s", describe_os_error(exc))
+        return 3
     return 0
+
+
+def ignore_sigxfsz() -> None:
+    """Make a write past ``ulimit -f`` fail with EFBIG (reported, exit 3) instead of killing us.
+
+    The kernel's default for SIGXFSZ terminates the process before ``write`` can return EFBIG,
+    leaving no message at all. CPython already ignores it at start-up, but not when embedded
+    without signal handlers (``Py_InitializeEx(0)``); saying it here keeps the guarantee in
+    one place. Only the main thread may set a handler; elsewhere this does nothing.
+    """
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def run_stage(params: str, work: Callable[[Config], object], lock: str | None = None) -> int:
+    """Load and validate ``params``, call ``work(cfg)``; log a clear error and return the exit code.
+
+    ``work`` runs holding the stage's lock (:mod:`tasks.locks`), named ``lock`` (e.g.
+    ``encode@<system>``) or by default after the stage module (``tasks.score`` -> ``score``):
+    while another live process runs the same stage on the same outputs, this exits 4 at once.
+    """
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    ignore_sigxfsz()
+
+    def locked() -> None:
+        cfg = load_config(params)
+        with stage_lock(cfg, lock or stage_name(work.__module__)):
+            work(cfg)
+
+    try:
+        return report_errors(locked)
+    except Busy as exc:
+        log.error("%s", exc)
+        return EXIT_BUSY

@@ -7,6 +7,12 @@ reads the set's candidates (``paths.runs/bm25/<set>.full.trec``, or for dev the 
 (the same length-bucketed, executor-dispatchable shards as the ``score`` stage) and writes
 ``paths.runs/cross-encoder/<set>.rerank.trec`` sorted by score (ties: pid ascending), tag
 ``cross-encoder``. Missing query or passage ids raise a DataError naming them.
+
+Resumable like ``score``: the shards go through the same content-addressed cache
+``paths.score_cache`` (:func:`tasks.score.score_resumable`, keyed by the model identity with
+the resolved device/dtype and by the shard's pairs and texts), which DVC does not delete, so a
+rerun after kill -9 -- by ``dvc repro ce_rerank``, the flow or this CLI -- scores only the missing
+shards and writes the same bytes. The CLI holds the stage lock (:mod:`tasks.locks`, exit 4).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 from tasks.cli import run_stage, stage_parser
 from tasks.config import ROOT, Config, CrossEncoderCfg
 from tasks.records import Hit, read_candidates, write_run
-from tasks.score import ModelSpec, ShardResult, ShardSpec, iter_shard_specs, load_texts, run_shards
+from tasks.score import ModelSpec, load_texts, score_resumable
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +58,19 @@ def run(
     ce: CrossEncoderCfg,
     model_path: str | None = None,
     executor: Executor | None = None,
+    cache_dir: Path | None = None,
 ) -> int:
-    """Re-rank one candidate list (a BM25 run or ``top1000``); returns the number of queries written."""
+    """Re-rank one candidate list (a BM25 run or ``top1000``); returns the number of queries written.
+
+    ``cache_dir`` (``paths.score_cache``) keeps finished shards to resume from; ``None`` keeps
+    them in memory only.
+    """
     qids, pids = top_hits(run_path, depth)
     queries, passages = load_texts(collection, queries_path, qids, pids, str(run_path))
-    spec = ModelSpec.from_cfg(ce, model_path)
-    scores = np.empty(len(qids), dtype=np.float32)
-
-    def collect(shard: ShardSpec, result: ShardResult) -> None:
-        start = shard.index * ce.shard_size
-        scores[start : start + len(result.scores)] = result.scores
-
-    run_shards(
-        iter_shard_specs(qids, pids, queries, passages, spec, ce.shard_size), len(qids), collect, executor
-    )
+    spec = ModelSpec.from_cfg(ce, model_path)  # resolves device/dtype here, once
+    scores = score_resumable(
+        qids, pids, queries, passages, spec, ce.shard_size, cache_dir, executor, f"rerank {run_path.name}"
+    ).scores
     order = np.lexsort((pids, -scores.astype(np.float64), qids))
     hits: list[Hit] = []
     rank = 0
@@ -106,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                     cfg.cross_encoder,
                     model_path=resolve_model(cfg.cross_encoder.model, ROOT),
                     executor=ex,
+                    cache_dir=cfg.path("score_cache"),
                 )
 
-    return run_stage(args.params, work)
+    return run_stage(args.params, work, lock="ce_rerank")  # the lock carries dvc.yaml's stage name
 
 
 if __name__ == "__main__":

@@ -10,11 +10,21 @@ once -- and scores them with a sentence-transformers ``CrossEncoder`` (``cross_e
 - Work is cut into shards of ``cross_encoder.shard_size`` pairs in (qid, pid) order. Each shard
   is a pure call :func:`score_shard` (dispatchable to any ``concurrent.futures``-style executor,
   e.g. Dask) that sorts its pairs by length, scores them in batches of
-  ``cross_encoder.batch_size`` (little padding) and restores the order. Finished shards land in
-  ``paths.scores/shards/`` with a manifest (rows, input hash, file hash): a killed run resumes
-  from the shards already done, and the final files are byte-identical to an uninterrupted run.
+  ``cross_encoder.batch_size`` (little padding) and restores the order.
+- Resume wherever the stage is started: finished shards land in the content-addressed
+  :class:`ShardCache` ``paths.score_cache/<key[:2]>/<key>.npy`` -- outside the DVC outputs, which
+  DVC deletes before it runs the stage. The key hashes the model (a local directory by content,
+  a hub model by pinned revision), max_length, batch_size, backend, the device and dtype resolved
+  once in the parent (``auto`` never reaches a worker; a worker that cannot honour them fails),
+  the library versions and the shard's qids, pids and texts. So a rerun after kill -9 -- by
+  ``dvc repro``, the flow or this CLI, or after a params change that does not touch the scores --
+  scores only the missing shards, logs ``N shard(s) of M reused``, and writes files
+  byte-identical to an uninterrupted run. ``ce_rerank`` resumes the same way.
+- One writer: the CLI holds the stage lock (:mod:`tasks.locks`); a second ``tasks.score`` on the
+  same outputs (say, started by a ``dvc repro`` after the first one was killed) exits 4 at once.
 - Outputs: ``paths.scores/ce-scores.parquet`` (``qid:int64, pid:int64, score:float32`` sorted by
-  (qid, pid)), ``paths.out/<cross_encoder.name>-scores.pkl.gz`` (published pickle
+  (qid, pid)) and ``manifest.json`` (model identity with the resolved device/dtype, per shard
+  rows and input / score hashes), ``paths.out/<cross_encoder.name>-scores.pkl.gz`` (published pickle
   ``dict[qid, dict[pid, score]]``) and ``paths.metrics/score.json`` (pairs mentioned,
   distinct pairs, share saved by deduplication, empty passages).
 
@@ -44,7 +54,16 @@ from tqdm import tqdm
 
 from tasks.cli import run_stage, stage_parser
 from tasks.config import ROOT, Config, CrossEncoderCfg
-from tasks.io import DataError, atomic_path, file_digest, read_json, write_json
+from tasks.io import (
+    DataError,
+    atomic_dir,
+    atomic_path,
+    dumps_json,
+    file_digest,
+    read_json,
+    write_bytes_atomic,
+    write_json,
+)
 from tasks.records import read_collection, read_queries
 from tasks.scores_pickle import write_scores_pickle
 
@@ -52,37 +71,53 @@ log = logging.getLogger(__name__)
 
 SCORES_SCHEMA = pa.schema([("qid", pa.int64()), ("pid", pa.int64()), ("score", pa.float32())])
 BACKEND_EXTRAS = {"onnx": "sentence-transformers[onnx]", "openvino": "sentence-transformers[openvino]"}
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: shards live in paths.score_cache; the manifest records the resolved device/dtype
+CACHE_FORMAT = 1
 
 
 # --------------------------------------------------------------------------- model
+CONCRETE_DEVICES = ("cpu", "cuda")
+CONCRETE_DTYPES = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a worker needs to load and run the cross-encoder (picklable, hashable)."""
+    """What a worker needs to load and run the cross-encoder (picklable, hashable).
+
+    ``device`` and ``dtype`` are concrete (``cpu``/``cuda``, ``fp32``/``bf16``/``fp16``):
+    :meth:`from_cfg` resolves ``auto`` once, in the parent, so every worker scores with the
+    same settings and a worker that cannot honour them fails instead of picking its own.
+    """
 
     model: str
     revision: str | None = None
     max_length: int = 512
     batch_size: int = 64
     backend: str = "torch"
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = "cpu"
+    dtype: str = "fp32"
 
     @classmethod
-    def from_cfg(cls, ce: CrossEncoderCfg, model_path: str | None = None) -> ModelSpec:
+    def from_cfg(cls, ce: CrossEncoderCfg, model_path: str | None = None, accel: Any = None) -> ModelSpec:
+        """The spec of ``ce`` with device/dtype resolved here (``accel``: an already resolved
+        :class:`tasks.accel.Accel`)."""
+        if accel is None:
+            from tasks.accel import resolve
+
+            accel = resolve(ce.device, ce.dtype)
         return cls(
             model=model_path or ce.model,
             revision=ce.revision,
             max_length=ce.max_length,
             batch_size=ce.batch_size,
             backend=ce.backend,
-            device=ce.device,
-            dtype=ce.dtype,
+            device=accel.device,
+            dtype=accel.dtype,
         )
 
 
 _MODELS: dict[ModelSpec, Any] = {}
-_MODELS_LOCK = threading.Lock()
+_MODELS_LOCK = threading.Lock()  # never pickled: shard functions are sent by reference (see main)
 
 
 def _check_backend(backend: str) -> None:
@@ -105,17 +140,39 @@ def _check_backend(backend: str) -> None:
         )
 
 
+def _honour(spec: ModelSpec) -> Any:
+    """The :class:`~tasks.accel.Accel` of ``spec`` in this process, exactly as resolved by the
+    parent; a worker that cannot provide it (no CUDA here) raises rather than change precision."""
+    from tasks.accel import resolve
+
+    if spec.device not in CONCRETE_DEVICES or spec.dtype not in CONCRETE_DTYPES:
+        raise ValueError(
+            f"cross-encoder spec has device={spec.device!r} dtype={spec.dtype!r}: resolve them in the "
+            "parent (ModelSpec.from_cfg) so that every worker scores with the same settings"
+        )
+    try:
+        accel = resolve(spec.device, spec.dtype)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(
+            f"this shard worker cannot score with {spec.device}/{spec.dtype}, which the run resolved "
+            f"({exc}); run every worker on the same kind of machine, or set cross_encoder.device"
+        ) from None
+    if (accel.device, accel.dtype) != (spec.device, spec.dtype):  # resolve() never does this today
+        raise ValueError(f"worker resolved {accel.describe()} instead of {spec.device}/{spec.dtype}")
+    return accel
+
+
 def load_model(spec: ModelSpec) -> tuple[Any, threading.Lock]:
-    """Load (once per process) the CrossEncoder of ``spec`` on the selected device/dtype."""
+    """Load (once per process) the CrossEncoder of ``spec`` on its (resolved) device/dtype."""
     with _MODELS_LOCK:
         if spec in _MODELS:
             return _MODELS[spec]
         from sentence_transformers import CrossEncoder
 
-        from tasks.accel import place, resolve
+        from tasks.accel import place
 
         _check_backend(spec.backend)
-        accel = resolve(spec.device, spec.dtype)  # type: ignore[arg-type]
+        accel = _honour(spec)
         if spec.backend != "torch" and accel.device != "cpu":
             raise ValueError(
                 f"cross_encoder.backend={spec.backend!r} is a CPU option; set cross_encoder.device: cpu "
@@ -336,28 +393,94 @@ def iter_shard_specs(
         )
 
 
-# --------------------------------------------------------------------------- run
-def _shard_path(shards_dir: Path, index: int) -> Path:
-    return shards_dir / f"shard-{index:05d}.parquet"
-
-
+# --------------------------------------------------------------------------- resumable shards
 def model_identity(model: ModelSpec) -> dict[str, Any]:
-    """The model as the manifest records it: a local directory by its content hash, never by
-    where it lives, so the same model gives the same bytes in any checkout."""
+    """The model as keys and manifests record it: a local directory by its content hash, never
+    by where it lives (the same model gives the same keys in any checkout), and the resolved
+    device and dtype (work done under another setting is never reused)."""
     from tasks.encode import model_revision
 
     ident = asdict(model)
     if Path(model.model).is_dir():
         ident.update(model="local-dir", revision=model_revision(model.model, model.revision))
+    elif model.revision is None:
+        log.warning("cross_encoder.revision is null: cached shards are keyed 'unpinned'; pin a hub commit")
+        ident.update(revision="unpinned")
     return ident
 
 
-def _reusable(manifest: dict[str, Any], model: ModelSpec, shard_size: int) -> dict[int, dict[str, Any]]:
-    if manifest.get("version") != MANIFEST_VERSION or manifest.get("model") != model_identity(model):
-        return {}
-    if manifest.get("shard_size") != shard_size:
-        return {}
-    return {int(k): v for k, v in manifest.get("shards", {}).items()}
+def library_versions(backend: str) -> dict[str, str]:
+    """Versions of the libraries that compute the scores (part of every cache key: an upgrade
+    may change the last bits, and a resumed run must not mix shards of two versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "transformers", "sentence-transformers"]
+    names += {"onnx": ["onnxruntime", "optimum"], "openvino": ["openvino", "optimum-intel"]}.get(backend, [])
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+class ShardCache:
+    """Content-addressed store of finished shards: ``<root>/<key[:2]>/<key>.npy`` (float32
+    scores in the shard's pair order) + ``<key>.json`` (rows, sha256, what the key hashes).
+
+    It lives outside every DVC output (``paths.score_cache``): DVC deletes a stage's outputs
+    before running it, so shards kept there would not survive a rerun by ``dvc repro``. The key
+    hashes the model identity (content hash or pinned revision, max_length, batch_size, backend,
+    resolved device and dtype), the library versions, the format and the shard's input (qids,
+    pids, texts); a shard's bytes depend only on its key, so whatever entry point reruns the
+    stage, reused shards give the bytes of an uninterrupted run. Files are written temp + rename
+    (npy first: a sidecar means complete) and verified by sha256 on every read.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        d = self.root / key[:2]
+        return d / f"{key}.npy", d / f"{key}.json"
+
+    def get(self, key: str, rows: int) -> np.ndarray | None:
+        """The shard's scores if present and intact, else None (a damaged entry is removed)."""
+        npy, meta_path = self._paths(key)
+        if not meta_path.exists() or not npy.exists():
+            return None
+        try:
+            meta = read_json(meta_path)
+            ok = meta.get("sha256") == file_digest(npy, "sha256") and meta.get("rows") == rows
+            scores = np.load(npy, allow_pickle=False) if ok else None
+        except (DataError, ValueError, OSError):
+            ok, scores = False, None
+        if not ok or scores is None or scores.dtype != np.float32 or scores.shape != (rows,):
+            log.warning("cached shard %s is damaged (hash, rows or dtype differ); scoring it again", npy)
+            npy.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            return None
+        return scores
+
+    def put(self, key: str, scores: np.ndarray, meta: dict[str, Any]) -> None:
+        npy, meta_path = self._paths(key)
+        with write_bytes_atomic(npy, gz=False) as fh:
+            np.save(fh, np.ascontiguousarray(scores, dtype=np.float32), allow_pickle=False)
+        write_json(meta_path, {**meta, "rows": len(scores), "sha256": file_digest(npy, "sha256")})
+
+
+class MemoryCache:
+    """No resume point: shards are kept in this process only (``cache_dir=None``)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, rows: int) -> np.ndarray | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, scores: np.ndarray, meta: dict[str, Any]) -> None:
+        self.entries[key] = scores
 
 
 def run_shards(
@@ -399,6 +522,69 @@ def run_shards(
                 submit_next()
 
 
+@dataclass
+class Scored:
+    """Scores of every pair in input order, and what a resumed run reused."""
+
+    scores: np.ndarray
+    identity: dict[str, Any]  # model_identity(): what the manifest records
+    shards: list[dict[str, Any]]  # per shard: rows, input_sha256, sha256 of the scores
+    computed: list[int]
+    reused: list[int]
+
+
+def score_resumable(
+    qids: np.ndarray,
+    pids: np.ndarray,
+    queries: dict[int, str],
+    passages: dict[int, str],
+    model: ModelSpec,
+    shard_size: int,
+    cache_dir: Path | None,
+    executor: Executor | None = None,
+    what: str = "score",
+) -> Scored:
+    """Score the pairs in shards, reusing every shard already in ``cache_dir`` (``score`` and
+    ``ce_rerank`` both resume this way); the log says how many shards were reused/computed."""
+    cache = ShardCache(cache_dir) if cache_dir is not None else MemoryCache()
+    identity = model_identity(model)
+    base = {"format": CACHE_FORMAT, "model": identity, "libraries": library_versions(model.backend)}
+    n = len(qids)
+    scores = np.empty(n, dtype=np.float32)
+    keys: list[str] = []
+    shards: list[dict[str, Any]] = []
+    todo: set[int] = set()
+    for spec in iter_shard_specs(qids, pids, queries, passages, model, shard_size):
+        input_sha = spec.input_hash()
+        keys.append(hashlib.sha256(dumps_json({**base, "input_sha256": input_sha}).encode()).hexdigest())
+        shards.append({"rows": len(spec.qids), "input_sha256": input_sha})
+        hit = cache.get(keys[-1], len(spec.qids))
+        if hit is None:
+            todo.add(spec.index)
+        else:
+            scores[spec.index * shard_size : spec.index * shard_size + len(hit)] = hit
+    reused = sorted(set(range(len(keys))) - todo)
+    log.info(
+        "%s: %d shard(s) of %d reused from %s, %d to compute",
+        what, len(reused), len(keys), cache_dir or "memory", len(todo),
+    )  # fmt: skip
+
+    def save(spec: ShardSpec, result: ShardResult) -> None:
+        cache.put(
+            keys[spec.index], result.scores, {**base, "input_sha256": shards[spec.index]["input_sha256"]}
+        )
+        scores[spec.index * shard_size : spec.index * shard_size + len(result.scores)] = result.scores
+
+    todo_pairs = sum(shards[i]["rows"] for i in todo)
+    specs = iter_shard_specs(qids, pids, queries, passages, model, shard_size, only=todo)
+    run_shards(specs, todo_pairs, save, executor)
+    for i, entry in enumerate(shards):
+        part = scores[i * shard_size : i * shard_size + entry["rows"]]
+        entry["sha256"] = hashlib.sha256(part.astype("<f4").tobytes()).hexdigest()
+    return Scored(scores, identity, shards, sorted(todo), reused)
+
+
+# --------------------------------------------------------------------------- run
 def run(
     negatives_path: Path,
     collection: Path,
@@ -409,14 +595,20 @@ def run(
     model_path: str | None = None,
     executor: Executor | None = None,
     stats_path: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Score every distinct pair; returns the stats (also written to ``stats_path``,
-    default ``scores_dir/score.json``).
+    default ``scores_dir/score.json``) plus ``computed_shards`` / ``reused_shards``.
 
     ``model_path`` overrides ``ce.model`` (``main`` resolves a local path against the root).
     ``executor`` runs the shards (``None``: in this process); results do not depend on it.
+    ``cache_dir`` keeps finished shards to resume from (``paths.score_cache``); ``None``
+    keeps them in memory only, so nothing survives a crash.
     """
-    model = ModelSpec.from_cfg(ce, model_path)
+    from tasks.accel import resolve
+
+    accel = resolve(ce.device, ce.dtype)  # once, here: workers get the concrete setting
+    model = ModelSpec.from_cfg(ce, model_path, accel)
     pairs = collect_pairs(negatives_path)
     n = len(pairs.qids)
     saved = 1 - n / pairs.mentions if pairs.mentions else 0.0
@@ -426,82 +618,54 @@ def run(
     if empty:
         log.warning("%d empty passage(s) scored against the query alone, e.g. pids %s", len(empty), empty[:5])
 
-    shards_dir = scores_dir / "shards"
-    manifest_path = shards_dir / "manifest.json"
-    old = _reusable(read_json(manifest_path), model, ce.shard_size) if manifest_path.exists() else {}
-    manifest: dict[str, Any] = {
-        "version": MANIFEST_VERSION,
-        "model": model_identity(model),
-        "shard_size": ce.shard_size,
-    }
-    shards: dict[int, dict[str, Any]] = {}
-    n_shards = -(-n // ce.shard_size)
-    todo: set[int] = set() if old else set(range(n_shards))
-    specs_to_check = iter_shard_specs(pairs.qids, pairs.pids, queries, passages, model, ce.shard_size)
-    for spec in specs_to_check if old else ():
-        entry, path = old.get(spec.index), _shard_path(shards_dir, spec.index)
-        if (
-            entry is not None
-            and entry.get("input_sha256") == spec.input_hash()
-            and path.exists()
-            and file_digest(path, "sha256") == entry.get("sha256")
-        ):
-            shards[spec.index] = entry
-        else:
-            todo.add(spec.index)
-    if shards:
-        log.info("resuming: %d of %d shard(s) already scored", len(shards), n_shards)
-
-    def save(spec: ShardSpec, result: ShardResult) -> None:
-        path = _shard_path(shards_dir, spec.index)
-        write_table(path, scores_table(spec.qids, spec.pids, result.scores))
-        shards[spec.index] = {
-            "rows": len(spec.qids),
-            "input_sha256": spec.input_hash(),
-            "sha256": file_digest(path, "sha256"),
-        }
-        write_json(manifest_path, {**manifest, "shards": {str(k): shards[k] for k in sorted(shards)}})
-
-    todo_pairs = sum(min(ce.shard_size, n - i * ce.shard_size) for i in todo)
-    specs = iter_shard_specs(pairs.qids, pairs.pids, queries, passages, model, ce.shard_size, only=todo)
     t0 = time.perf_counter()
-    run_shards(specs, todo_pairs, save, executor)
-    seconds = time.perf_counter() - t0
-    write_json(manifest_path, {**manifest, "shards": {str(k): shards[k] for k in sorted(shards)}})
-
-    current = {_shard_path(shards_dir, i) for i in range(n_shards)}
-    for stale in shards_dir.glob("shard-*.parquet"):  # from a run with other inputs or shard size
-        if stale not in current:
-            stale.unlink()
-    parts = [pq.read_table(_shard_path(shards_dir, i)).cast(SCORES_SCHEMA) for i in range(n_shards)]
-    table = pa.concat_tables(parts) if parts else scores_table(np.zeros(0), np.zeros(0), np.zeros(0))
-    write_table(scores_dir / "ce-scores.parquet", table)
-    n_queries = write_scores_pickle(
-        pickle_path,
-        table.column("qid").to_numpy(),
-        table.column("pid").to_numpy(),
-        table.column("score").to_numpy(),
+    done = score_resumable(
+        pairs.qids, pairs.pids, queries, passages, model, ce.shard_size, cache_dir, executor, "score"
     )
+    seconds = time.perf_counter() - t0
+    del queries, passages
+    table = scores_table(pairs.qids, pairs.pids, done.scores)
+    manifest = {
+        "format": MANIFEST_VERSION,
+        "model": done.identity,
+        "shard_size": ce.shard_size,
+        "pairs": n,
+        "shards": done.shards,
+    }
     stats = {
         "pairs_named": pairs.mentions,
         "pairs_distinct": n,
         "dedup_saved_share": round(saved, 6),
         "pairs_named_per_system": dict(sorted(pairs.per_system.items())),
-        "queries": n_queries,
+        "queries": int(np.count_nonzero(np.diff(pairs.qids))) + 1 if n else 0,
         "empty_passages": len(empty),
-        "shards": n_shards,
+        "shards": len(done.shards),
     }
-    write_json(stats_path or scores_dir / "score.json", stats)
+    with atomic_dir(scores_dir) as stage:  # replaces the whole directory (no leftovers of old layouts)
+        write_table(stage / "ce-scores.parquet", table)
+        write_json(stage / "manifest.json", manifest)
+        if stats_path is None:
+            write_json(stage / "score.json", stats)
+    write_scores_pickle(
+        pickle_path,
+        table.column("qid").to_numpy(),
+        table.column("pid").to_numpy(),
+        table.column("score").to_numpy(),
+    )
+    if stats_path is not None:
+        write_json(stats_path, stats)
+    todo_pairs = sum(done.shards[i]["rows"] for i in done.computed)
     log.info(
-        "scored %d pair(s) in %d new shard(s), %.1fs (%.0f pairs/s); wrote %s and %s",
+        "scored %d pair(s) in %d new shard(s) and reused %d shard(s), %.1fs (%.0f pairs/s); wrote %s and %s",
         todo_pairs,
-        len(todo),
+        len(done.computed),
+        len(done.reused),
         seconds,
         todo_pairs / max(seconds, 1e-9),
         scores_dir / "ce-scores.parquet",
         pickle_path,
     )
-    return {**stats, "computed_shards": sorted(todo), "reused_shards": sorted(set(shards) - todo)}
+    return {**stats, "computed_shards": done.computed, "reused_shards": done.reused}
 
 
 def resolve_model(model: str, root: Path) -> str:
@@ -514,8 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(
         "tasks.score",
         "Score every distinct (qid, pid) of the hard negatives (positives + all systems) once with "
-        "the cross-encoder (cross_encoder.*), in resumable shards; write paths.scores/ce-scores.parquet "
-        "and paths.out/<cross_encoder.name>-scores.pkl.gz.",
+        "the cross-encoder (cross_encoder.*), in shards cached in paths.score_cache (a rerun after a "
+        "crash scores only the missing ones); write paths.scores/ce-scores.parquet and "
+        "paths.out/<cross_encoder.name>-scores.pkl.gz. Exits 4 while another process runs this stage.",
         "python -m tasks.score --params params.yaml",
     )
     args = parser.parse_args(argv)
@@ -534,10 +699,16 @@ def main(argv: list[str] | None = None) -> int:
                 model_path=resolve_model(cfg.cross_encoder.model, ROOT),
                 executor=ex,
                 stats_path=cfg.path("metrics") / "score.json",
+                cache_dir=cfg.path("score_cache"),
             )
 
     return run_stage(args.params, work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the importable module, not as __main__: the shard function and specs then pickle by
+    # reference (tasks.score.score_shard) to Dask or process workers, never by value with this
+    # module's state (a module-level lock cannot be pickled).
+    from tasks.score import main as _main
+
+    sys.exit(_main())
