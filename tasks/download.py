@@ -1,25 +1,45 @@
 """Download stage: fetch one source of ``sources``, verify it, unpack it into ``paths.raw/<name>/``.
 
-The archive is cached under ``paths.downloads/<file name of the URL>``. It is streamed to
-``<archive>.part`` while its md5 and size are computed, and renamed to its final name only
-once both match the registry; an archive already in the cache is re-verified, never trusted
-because it exists. A file that fails verification is moved aside to ``<archive>.corrupt``.
+The archive cache is keyed so that no two sources, profiles or versions ever share a path:
+``paths.downloads/md5-<md5>/<file name of the URL>`` for a source whose md5 is pinned, and
+``paths.downloads/url-<sha256 of the URL, 16 hex>/<file name>`` for one with ``md5: null``.
+The sample and the msmarco profile both name a ``collectionandqueries.tar.gz``; each lives in
+the directory of its own md5, so switching profiles back and forth finds each archive where it
+left it (re-verified, never downloaded twice) and never takes one profile's file for a corrupt
+copy of the other's. An archive is streamed to ``<archive>.part`` in its key directory while
+its md5 and size are computed, and renamed to its final name only once both match the
+registry; an archive already in the cache is re-verified, never trusted because it exists. A
+file that fails verification is moved aside to ``<archive>.corrupt`` (in its key directory, so
+it really is a bad copy of that md5). Next to each archive ``<archive>.source.json`` keeps what
+it was fetched from (URL, ETag, Last-Modified): a cache hit reports the upstream validators of
+the bytes it holds, and the refresh (``tasks.sources_check``) can tell whether the file a server
+serves now is the one in the cache.
+
+Cache of the old layout (``paths.downloads/<file name>``, before the keys): an archive there whose
+size and md5 match the source is moved into its key directory instead of being downloaded again;
+one that does not match is left alone (it may be another profile's), never moved aside.
 
 HTTP(S) downloads resume an interrupted ``.part`` with ``Range: bytes=N-`` when the server
 answers 206 with a matching ``Content-Range`` (``X-Ms-Version: 2019-12-12`` is sent because the
-MS MARCO Azure host honours ranges only with it), and restart from zero when it answers 200.
-Connection errors, drops, stalls (no byte for ``download.stall_timeout_s``), short bodies,
-5xx and 429 are retried with exponential backoff and jitter; 404 and other 4xx fail at once.
-``file:`` URLs (``file:sample/x.tar.gz`` relative to the project root, ``file:///abs/x``) take
-the same path through verification, unpacking and the atomic rename: the sample profile uses it.
+MS MARCO Azure host honours ranges only with it), and restart from zero when it answers 200;
+a retry within one run sends ``If-Range`` with the first response's ETag (or Last-Modified), so
+a file replaced upstream mid-download restarts instead of splicing two versions. Connection
+errors, drops, stalls (no byte for ``download.stall_timeout_s``), short bodies, 5xx and 429 are
+retried with exponential backoff and jitter; 404 and other 4xx fail at once. ``file:`` URLs
+(``file:sample/x.tar.gz`` relative to the project root, ``file:///abs/x``) take the same path
+through verification, unpacking and the atomic rename: the sample profile uses it.
+
+:func:`fetch_fresh` (used by ``python -m tasks.sources_check accept`` and the refresh's
+``repin`` policy) fetches what upstream serves now, whatever the registry pins, and files it
+under the key of the md5 it turns out to have: the bytes a re-pinned registry entry names.
 
 Unpacking (``sources.<name>.unpack``): ``none`` hard-links (or copies) the file, ``gunzip``
 stream-decompresses ``x.gz`` to ``x``, ``untar`` stream-extracts a tar(.gz), refusing members
 with absolute paths, ``..``, links that leave the directory and device files. The result is
 staged and renamed as a whole (:func:`tasks.io.atomic_dir`), with ``.source.json`` recording
 what was fetched: name, url, file, size, md5, md5_from (``params`` or ``computed``), unpack,
-and for HTTP the ``etag`` and ``last_modified`` of the response (no fetch time, so the record
-is byte-stable for the same upstream file).
+and for HTTP the ``etag`` and ``last_modified`` of the response (no fetch time and no cache
+path, so the record is byte-stable for the same upstream file).
 """
 
 from __future__ import annotations
@@ -39,7 +59,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -77,6 +97,9 @@ class _Job:
     archive: Path
     params: Download
     root: Path
+    fresh: bool = False  # fetch_fresh: no pin to verify against (the md5 is what we learn)
+    #: validators (ETag / Last-Modified) of the first response, for If-Range on a retry
+    seen: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def part(self) -> Path:
@@ -89,7 +112,7 @@ class _Job:
     @property
     def sidecar(self) -> Path:
         """What the cached archive was fetched from (keeps ETag etc. for cache hits)."""
-        return self.archive.with_name(self.archive.name + RECORD)
+        return sidecar_of(self.archive)
 
     @property
     def is_http(self) -> bool:
@@ -103,6 +126,44 @@ def archive_name(url: str) -> str:
     if not name or name in (".", ".."):
         raise ConfigError(f"{url}: the URL path has no file name to cache the download under")
     return name
+
+
+def cache_key(source: Source) -> str:
+    """Directory of ``source`` in the archive cache: ``md5-<md5>``, or ``url-<hash>`` without a pin.
+
+    Keyed by content where the content is known, so two profiles (or two versions of one
+    file name) never meet at one path, and the same bytes are stored once whichever source
+    or profile names them. A source with ``md5: null`` has no known content: its URL is the key.
+    """
+    if source.md5 is not None:
+        return f"md5-{source.md5}"
+    return "url-" + hashlib.sha256(source.url.encode()).hexdigest()[:16]
+
+
+def archive_path(downloads_dir: Path, source: Source) -> Path:
+    """Where the download stage keeps (and looks for) the archive of ``source``."""
+    return downloads_dir / cache_key(source) / archive_name(source.url)
+
+
+def sidecar_of(archive: Path) -> Path:
+    return archive.with_name(archive.name + RECORD)
+
+
+def cached_record(downloads_dir: Path, source: Source) -> dict[str, Any] | None:
+    """The fetch record kept next to the cached archive of ``source`` (not re-verified), or None.
+
+    Only a record of the same URL counts: its ETag / Last-Modified describe that URL's bytes.
+    """
+    archive = archive_path(downloads_dir, source)
+    side = sidecar_of(archive)
+    if not (archive.exists() and side.exists()):
+        return None
+    rec = read_json(side)
+    if not isinstance(rec, dict) or rec.get("url") != source.url:
+        return None
+    if rec.get("size") != archive.stat().st_size:
+        return None
+    return rec
 
 
 def file_url_path(url: str, root: Path) -> Path:
@@ -185,7 +246,7 @@ def _finish(job: _Job, md5: str, size: int) -> None:
             f"{job.source.url}: {problem}; the bad file is kept as {job.corrupt} for inspection. "
             f"Rerun to download again, or fix sources.{job.name} if the upstream file changed"
         )
-    if src.md5 is None:
+    if src.md5 is None and not job.fresh:
         log.warning("%s: sources.%s.md5 is null; recording the computed md5 %s", job.archive, job.name, md5)
     os.replace(job.part, job.archive)
     fsync_dir(job.archive.parent)
@@ -248,6 +309,8 @@ def _http_attempt(client: httpx.Client, job: _Job) -> dict:
         return _record(job, h.hexdigest(), offset, etag, modified)
 
     headers = {"Range": f"bytes={offset}-"} if offset else {}
+    if offset and job.seen.get("validator"):
+        headers["If-Range"] = job.seen["validator"]  # changed upstream since? then 200, from zero
     with client.stream("GET", url, headers=headers) as resp:
         status = resp.status_code
         if status == 416 and offset:
@@ -267,6 +330,15 @@ def _http_attempt(client: httpx.Client, job: _Job) -> dict:
                 f"Content-Type text/html); the URL is wrong or the host shows an error page: "
                 f"check sources.{job.name}.url"
             )
+        etag = resp.headers.get("etag", "")
+        validator = etag if etag and not etag.startswith("W/") else resp.headers.get("last-modified")
+        if status == 206 and validator and job.seen.get("validator", validator) != validator:
+            job.part.unlink(missing_ok=True)  # a server that ignored If-Range: never splice versions
+            job.seen.clear()
+            raise _Transient("the file changed upstream during the download (new ETag); restarting from zero")
+        if status == 200 or not job.seen:
+            job.seen.clear()
+            job.seen.update({"validator": validator} if validator else {})
         if status == 206:
             first, length = _content_range(resp.headers.get("content-range"))
             if first != offset or (src.size and length not in (None, src.size)):
@@ -332,8 +404,8 @@ def _cached(job: _Job) -> dict | None:
     if not job.archive.exists():
         return None
     side = read_json(job.sidecar) if job.sidecar.exists() else {}
-    if side.get("url") != job.source.url or side.get("name") != job.name:
-        side = {}  # fetched for another source or URL: its md5/ETag say nothing about this one
+    if not isinstance(side, dict) or side.get("url") != job.source.url:
+        side = {}  # fetched from another URL: its md5/ETag say nothing about this one
     want_md5, want_size = job.source.md5 or side.get("md5"), job.source.size or side.get("size")
     size, md5 = job.archive.stat().st_size, ""
     if want_md5 is None:
@@ -365,29 +437,99 @@ def _locked(archive: Path) -> Iterator[None]:
         yield
 
 
+def _adopt_old_layout(job: _Job, downloads_dir: Path) -> None:
+    """Move a matching archive of the pre-key cache layout (``downloads/<file>``) into its key dir.
+
+    Only a file whose size and md5 match the source is moved (the md5 is computed only when
+    the size matches); anything else is left where it is, since it may be another profile's.
+    """
+    old = downloads_dir / job.archive.name
+    if job.archive.exists() or not old.is_file():
+        return
+    side_file = sidecar_of(old)
+    side = read_json(side_file) if side_file.exists() else {}
+    if not isinstance(side, dict) or side.get("url") != job.source.url:
+        side = {}
+    want_md5, want_size = job.source.md5 or side.get("md5"), job.source.size or side.get("size")
+    size = old.stat().st_size
+    if want_md5 is None or (want_size is not None and size != want_size):
+        log.info("%s: old-layout cache file left in place (not this source's: %d bytes)", old, size)
+        return
+    md5 = _md5_of(old, f"verify {old.name}").hexdigest()
+    if md5 != want_md5:
+        log.info("%s: old-layout cache file left in place (md5 %s, this source is %s)", old, md5, want_md5)
+        return
+    os.replace(old, job.archive)
+    if side:
+        os.replace(side_file, job.sidecar)
+    fsync_dir(job.archive.parent)
+    log.info("%s: adopted from the old cache layout (%s)", job.archive, old)
+
+
+def _download(job: _Job) -> dict:
+    """Fetch ``job`` (HTTP or file:) into its archive path; a full disk is one clear error."""
+    start = time.monotonic()
+    try:
+        record = _fetch_http(job) if job.is_http else _fetch_file(job)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        job.part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{job.part}: disk full while downloading {job.source.url} "
+            f"({job.source.size or '?'} bytes needed); free space in {job.archive.parent} and rerun"
+        ) from None
+    secs, mb = max(time.monotonic() - start, 1e-6), record["size"] / 1e6
+    log.info("%s: fetched and verified: %.1f MB, %.1f s, %.1f MB/s", job.archive, mb, secs, mb / secs)
+    return record
+
+
 def fetch(name: str, source: Source, downloads_dir: Path, params: Download, root: Path) -> tuple[Path, dict]:
-    """Make ``downloads_dir/<file>`` a verified copy of ``source``; return it and its record."""
-    downloads_dir.mkdir(parents=True, exist_ok=True)
-    job = _Job(name, source, downloads_dir / archive_name(source.url), params, root)
+    """Make ``archive_path(downloads_dir, source)`` a verified copy of ``source``; return it, its record."""
+    job = _Job(name, source, archive_path(downloads_dir, source), params, root)
     _output_name(job.archive.name, source.unpack)  # a bad unpack setting fails before any download
+    job.archive.parent.mkdir(parents=True, exist_ok=True)
     with _locked(job.archive):
+        _adopt_old_layout(job, downloads_dir)
         record = _cached(job)
         if record is None:
-            start = time.monotonic()
-            try:
-                record = _fetch_http(job) if job.is_http else _fetch_file(job)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                job.part.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"{job.part}: disk full while downloading {source.url} "
-                    f"({source.size or '?'} bytes needed); free space in {downloads_dir} and rerun"
-                ) from None
+            record = _download(job)
             write_json(job.sidecar, record)
-            secs, mb = max(time.monotonic() - start, 1e-6), record["size"] / 1e6
-            log.info("%s: fetched and verified: %.1f MB, %.1f s, %.1f MB/s", job.archive, mb, secs, mb / secs)
     return job.archive, record
+
+
+def fetch_fresh(
+    name: str, source: Source, downloads_dir: Path, params: Download, root: Path
+) -> tuple[Path, dict]:
+    """Fetch what upstream serves now, whatever the registry pins; file it under its own md5.
+
+    The bytes go to a staging path (``downloads/.fresh/url-<hash>/``), are hashed while they
+    stream, and are then renamed to ``archive_path`` of ``source`` re-pinned to the md5 they
+    have (a source with ``md5: null`` keeps its URL key; the fresh copy replaces the old one).
+    Nothing is resumed from an earlier run: upstream may have changed since that ``.part``
+    was written, and without a pin a splice of two versions could not be detected. Returns the
+    archive and its record (``md5``, ``size``, and over HTTP the ``etag``/``last_modified``).
+    """
+    unpinned = source.model_copy(update={"md5": None, "size": None})
+    stage = downloads_dir / ".fresh" / cache_key(unpinned) / archive_name(source.url)
+    _output_name(stage.name, source.unpack)
+    stage.parent.mkdir(parents=True, exist_ok=True)
+    job = _Job(name, unpinned, stage, params, root, fresh=True)
+    with _locked(stage):
+        for leftover in (job.part, stage, job.corrupt):
+            leftover.unlink(missing_ok=True)
+        record = _download(job)
+        pinned = source.model_copy(
+            update={"md5": record["md5"] if source.md5 is not None else None, "size": record["size"]}
+        )
+        target = archive_path(downloads_dir, pinned)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target):
+            os.replace(stage, target)
+            write_json(sidecar_of(target), record)
+            fsync_dir(target.parent)
+    log.info("%s: fresh copy of %s: md5 %s, %d bytes", target, source.url, record["md5"], record["size"])
+    return target, record
 
 
 # --------------------------------------------------------------------------- unpacking
@@ -496,10 +638,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.download",
         description=(
-            "Download one source of params.yaml 'sources' (or all of them) into paths.downloads,\n"
-            "verify its md5 and size while streaming, and unpack it into paths.raw/<source>/.\n"
-            "Interrupted downloads resume (HTTP Range); a cached archive is re-verified, not\n"
-            "trusted; a file that fails verification is kept aside as <file>.corrupt."
+            "Download one source of params.yaml 'sources' (or all of them) into the archive cache\n"
+            "paths.downloads/md5-<md5>/<file> (url-<hash>/<file> for md5: null), verify its md5\n"
+            "and size while streaming, and unpack it into paths.raw/<source>/. Profiles never\n"
+            "share a cache path, so switching profiles downloads nothing twice. Interrupted\n"
+            "downloads resume (HTTP Range); a cached archive is re-verified, not trusted; a file\n"
+            "that fails verification is kept aside as <file>.corrupt in its key directory."
         ),
         epilog=(
             "examples:\n"

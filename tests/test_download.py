@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from tasks.config import ROOT, Download, Source, compose
-from tasks.download import DownloadError, main, run
+from tasks.download import DownloadError, archive_path, fetch_fresh, main, run
 from tasks.io import DataError
 from tests._http_server import FaultyServer, Route
 
@@ -64,8 +65,22 @@ class Dirs:
         return run(name, src, self.raw, self.dl, params, self.root)
 
     def assert_nothing_final(self, name: str, archive: str) -> None:
-        assert not (self.dl / archive).exists(), "a bad or partial file is under the archive's final name"
+        finals = list(self.dl.rglob(archive)) if self.dl.exists() else []
+        assert not finals, "a bad or partial file is under the archive's final name"
         assert not (self.raw / name).exists(), "an output directory exists after a failure"
+
+    def cached(self, src: Source, suffix: str = "") -> Path:
+        """The archive cache path of ``src`` (plus ``suffix``: .part, .corrupt)."""
+        path = archive_path(self.dl, src)
+        return path.with_name(path.name + suffix)
+
+    def files(self) -> list[str]:
+        """Every file of the archive cache (not the lock files), relative to it."""
+        return sorted(
+            p.relative_to(self.dl).as_posix()
+            for p in self.dl.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
 
 
 @pytest.fixture
@@ -100,9 +115,9 @@ def test_http_success_writes_verified_file_and_stable_record(srv, d):
     (get,) = srv.seen("/msmarcoranking/qrels.train.tsv")
     assert get.headers["x-ms-version"] == "2019-12-12"
     assert get.headers["accept-encoding"] == "identity"
-    assert sorted(p.name for p in d.dl.iterdir() if not p.name.startswith(".")) == [
-        "qrels.train.tsv",
-        "qrels.train.tsv.source.json",
+    assert d.files() == [  # keyed by md5: no other profile or version can meet it at this path
+        f"md5-{md5(BODY)}/qrels.train.tsv",
+        f"md5-{md5(BODY)}/qrels.train.tsv.source.json",
     ]
     # a rerun re-verifies the cached archive (no request) and writes the very same record
     first = (out / ".source.json").read_bytes()
@@ -158,9 +173,9 @@ def test_checksum_mismatch_keeps_corrupt_file_aside(srv, d):
     url = srv.route("/a.bin", Route(BODY, wrong_bytes=True))
     with pytest.raises(DownloadError, match=f"md5 mismatch: expected {md5(BODY)}, got [0-9a-f]{{32}}"):
         d.run("a", source(url, BODY))
-    corrupt = d.dl / "a.bin.corrupt"
+    corrupt = d.cached(source(url, BODY), ".corrupt")
     assert corrupt.stat().st_size == len(BODY) and corrupt.read_bytes() != BODY
-    assert not (d.dl / "a.bin.part").exists()
+    assert not d.cached(source(url, BODY), ".part").exists()
     d.assert_nothing_final("a", "a.bin")
 
 
@@ -203,8 +218,9 @@ def test_stall_times_out_then_retry_resumes(srv, d, caplog):
 
 def test_complete_part_from_a_killed_run_is_verified_not_refetched(srv, d):
     url = srv.route("/a.bin", Route(BODY, headers={"ETag": '"e1"'}))
-    d.dl.mkdir()
-    (d.dl / "a.bin.part").write_bytes(BODY)  # killed after the last byte, before the rename
+    part = d.cached(source(url, BODY), ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(BODY)  # killed after the last byte, before the rename
     out = d.run("a", source(url, BODY))
     assert srv.seen("/a.bin") == [] and len(srv.seen("/a.bin", "HEAD")) == 1
     assert (out / "a.bin").read_bytes() == BODY
@@ -215,18 +231,19 @@ def test_disk_full_is_a_clear_error_and_leaves_no_temp(srv, d):
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full to inject ENOSPC")
     url = srv.route("/a.bin", Route(BODY))
-    d.dl.mkdir()
-    (d.dl / "a.bin.part").symlink_to("/dev/full")  # every write to the temp file fails with ENOSPC
+    part = d.cached(source(url, BODY), ".part")
+    part.parent.mkdir(parents=True)
+    part.symlink_to("/dev/full")  # every write to the temp file fails with ENOSPC
     with pytest.raises(DownloadError, match="disk full"):
         d.run("a", source(url, BODY))
-    assert not os.path.lexists(d.dl / "a.bin.part")
+    assert not os.path.lexists(part)
     d.assert_nothing_final("a", "a.bin")
 
 
 def test_corrupted_cached_archive_is_detected_and_fetched_again(srv, d, caplog):
     url = srv.route("/a.bin", Route(BODY))
     d.run("a", source(url, BODY))
-    archive = d.dl / "a.bin"
+    archive = d.cached(source(url, BODY))
     bad = bytearray(archive.read_bytes())
     bad[1000] ^= 0xFF  # same size, different content: only the md5 can tell
     archive.write_bytes(bytes(bad))
@@ -235,7 +252,7 @@ def test_corrupted_cached_archive_is_detected_and_fetched_again(srv, d, caplog):
     assert "cached archive fails verification" in caplog.text
     assert len(srv.seen("/a.bin")) == 2
     assert (out / "a.bin").read_bytes() == BODY
-    assert (d.dl / "a.bin.corrupt").read_bytes() == bytes(bad)
+    assert d.cached(source(url, BODY), ".corrupt").read_bytes() == bytes(bad)
 
 
 def test_md5_null_warns_and_records_computed_md5(srv, d, caplog):
@@ -245,10 +262,102 @@ def test_md5_null_warns_and_records_computed_md5(srv, d, caplog):
     assert "md5 is null" in caplog.text
     rec = json.loads((out / ".source.json").read_text())
     assert rec["md5"] == md5(BODY) and rec["md5_from"] == "computed" and rec["size"] == len(BODY)
-    (d.dl / "extra.bin").write_bytes(BODY[:-1] + b"x")  # the recorded md5 still guards the cache
+    d.cached(Source(url=url, md5=None)).write_bytes(BODY[:-1] + b"x")  # the recorded md5 guards it
     d.run("extra", Source(url=url, md5=None))
     assert len(srv.seen("/extra.bin")) == 2
     assert (out / "extra.bin").read_bytes() == BODY
+
+
+def test_retry_resumes_with_if_range_of_the_first_response(srv, d):
+    url = srv.route("/a.bin", Route(BODY, headers={"ETag": '"v1"'}, drop_after=100_000, drops=1))
+    d.run("a", source(url, BODY))
+    first, second = srv.seen("/a.bin")
+    assert "if-range" not in first.headers
+    assert second.range_start == 100_000 and second.headers["if-range"] == '"v1"'
+
+
+def test_file_replaced_upstream_mid_download_is_never_spliced(srv, d):
+    """A server that ignores If-Range but sends the new ETag: the retry restarts from zero."""
+    new = BODY[::-1]
+    url = srv.route(
+        "/a.bin", Route(BODY, headers={"ETag": '"v1"'}, stall_after=100_000, stall_s=2.0, stalls=1)
+    )
+    params = FAST.model_copy(update={"stall_timeout_s": 0.5})
+    result: dict = {}
+    worker = threading.Thread(
+        target=lambda: result.update(got=fetch_fresh("a", source(url, BODY), d.dl, params, d.root))
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not srv.seen("/a.bin") and time.monotonic() < deadline:
+        time.sleep(0.001)
+    srv.route("/a.bin", Route(new, headers={"ETag": '"v2"'}))  # replaced while the first GET stalls
+    worker.join(20)
+    archive, rec = result["got"]
+    assert archive.read_bytes() == new and rec["md5"] == md5(new) and rec["etag"] == '"v2"'
+    statuses = [(r.range_start, r.status) for r in srv.seen("/a.bin")]
+    assert statuses[1] == (100_000, 206) and statuses[-1] == (None, 200)  # resumed, refused, restarted
+
+
+# --------------------------------------------------------------------------- cache keys
+def test_profiles_sharing_file_names_never_collide_and_download_nothing_twice(srv, d, tmp_path):
+    """Two profiles, one archive cache, the same file names with other bytes: A, B, A, B."""
+    bodies = {"sample": tgz({"collection.tsv": b"1\tsample\n"}), "msmarco": tgz({"collection.tsv": BODY})}
+    shared = srv.route("/shared/extra.tsv", Route(b"same bytes for both\n"))  # md5: null, same URL
+    params = {}
+    for prof, body in bodies.items():
+        url = srv.route(f"/{prof}/collectionandqueries.tar.gz", Route(body))
+        srcs = {
+            "collectionandqueries": {"url": url, "md5": md5(body), "size": len(body), "unpack": "untar"},
+            "extra": {"url": shared, "md5": None},
+        }
+        params[prof] = _params_file(tmp_path / prof, d, srcs, raw=tmp_path / prof / "raw")
+    for prof in ("sample", "msmarco", "sample", "msmarco"):
+        assert main(["--all", "--params", str(params[prof])]) == 0
+        got = (tmp_path / prof / "raw" / "collectionandqueries" / "collection.tsv").read_bytes()
+        assert got == (b"1\tsample\n" if prof == "sample" else BODY)
+    for path in (
+        "/sample/collectionandqueries.tar.gz",
+        "/msmarco/collectionandqueries.tar.gz",
+        "/shared/extra.tsv",
+    ):
+        assert len(srv.seen(path)) == 1, f"{path} downloaded more than once"
+    assert not [f for f in d.files() if f.endswith((".corrupt", ".part"))]
+    assert len([f for f in d.files() if f.endswith("collectionandqueries.tar.gz")]) == 2
+
+
+def test_old_layout_archive_is_adopted_and_another_profiles_file_left_alone(srv, d, caplog):
+    other = random.Random(9).randbytes(1000)
+    url = srv.route("/a.bin", Route(BODY))
+    d.dl.mkdir()
+    (d.dl / "a.bin").write_bytes(BODY)  # the cache before keys: downloads/<file name>
+    with caplog.at_level(logging.INFO, logger="tasks.download"):
+        out = d.run("a", source(url, BODY))
+    assert srv.seen("/a.bin") == [] and "adopted from the old cache layout" in caplog.text
+    assert (out / "a.bin").read_bytes() == BODY and d.cached(source(url, BODY)).exists()
+    assert not (d.dl / "a.bin").exists()
+
+    (d.dl / "b.bin").write_bytes(other)  # another profile's b.bin: other bytes, same name
+    url_b = srv.route("/b.bin", Route(BODY))
+    d.run("b", source(url_b, BODY))
+    assert len(srv.seen("/b.bin")) == 1
+    assert (d.dl / "b.bin").read_bytes() == other, "another profile's archive was moved or changed"
+    assert not [f for f in d.files() if f.endswith(".corrupt")]
+
+
+def test_fetch_fresh_files_the_new_upstream_bytes_under_their_own_md5(srv, d):
+    url = srv.route("/a.bin", Route(BODY, headers={"ETag": '"v1"'}))
+    d.run("a", source(url, BODY))
+    new = BODY[::-1]
+    srv.route("/a.bin", Route(new, headers={"ETag": '"v2"'}))
+    archive, rec = fetch_fresh("a", source(url, BODY), d.dl, FAST, d.root)
+    assert archive == d.cached(source(url, new)) and archive.read_bytes() == new
+    assert (rec["md5"], rec["size"], rec["etag"]) == (md5(new), len(new), '"v2"')
+    assert d.cached(source(url, BODY)).read_bytes() == BODY  # the old version stays where it was
+    assert not [p for p in (d.dl / ".fresh").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    out = d.run("a", source(url, new))  # the re-pinned source: a cache hit, no third GET
+    assert len(srv.seen("/a.bin")) == 2 and (out / "a.bin").read_bytes() == new
+    assert json.loads((out / ".source.json").read_text())["etag"] == '"v2"'
 
 
 # --------------------------------------------------------------------------- unpacking
@@ -324,16 +433,17 @@ def test_file_url_with_wrong_md5_keeps_corrupt_aside(d):
     (d.root / "x.tsv").write_bytes(b"changed\n")
     with pytest.raises(DownloadError, match="size mismatch|md5 mismatch"):
         d.run("x", source("file:x.tsv", b"original\n"))
-    assert (d.dl / "x.tsv.corrupt").read_bytes() == b"changed\n"
+    assert d.cached(source("file:x.tsv", b"original\n"), ".corrupt").read_bytes() == b"changed\n"
     d.assert_nothing_final("x", "x.tsv")
 
 
 # --------------------------------------------------------------------------- CLI and kill -9
-def _params_file(tmp_path: Path, d: Dirs, sources: dict[str, dict]) -> Path:
+def _params_file(tmp_path: Path, d: Dirs, sources: dict[str, dict], raw: Path | None = None) -> Path:
     cfg = yaml.safe_load(compose("sample"))
-    cfg["paths"]["raw"], cfg["paths"]["downloads"] = str(d.raw), str(d.dl)  # absolute: outside ROOT
+    cfg["paths"]["raw"], cfg["paths"]["downloads"] = str(raw or d.raw), str(d.dl)  # absolute: outside ROOT
     cfg["sources"] = sources
     cfg["download"] = FAST.model_dump()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -361,7 +471,8 @@ def test_sigkill_mid_file_then_rerun_resumes_to_verified_file(srv, d, tmp_path):
     params = _params_file(tmp_path, d, {"big": {"url": url, "md5": md5(body), "size": len(body)}})
     cmd = [sys.executable, "-m", "tasks.download", "--source", "big", "--params", str(params)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    part, final = d.dl / "big.tsv.part", d.dl / "big.tsv"
+    final = d.cached(source(url, body))
+    part = final.with_name("big.tsv.part")
     try:
         deadline = time.monotonic() + 20
         while not (part.exists() and part.stat().st_size >= 300_000):
