@@ -98,7 +98,8 @@ def build_model(work: Path) -> Path:
 
 
 def _pairs(work: Path) -> list[tuple[str, str]]:
-    from tasks.score import collect_pairs, load_texts
+    from tasks.records import load_texts
+    from tasks.score import collect_pairs
 
     pairs = collect_pairs(work / "hn.jsonl.gz")
     queries, passages = load_texts(

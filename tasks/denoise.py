@@ -35,8 +35,7 @@ from tqdm import tqdm
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Denoise
 from tasks.io import DataError, write_json
-from tasks.records import HardNegatives, read_hard_negatives, write_hard_negatives
-from tasks.score import ScoreLookup, read_scores
+from tasks.records import HardNegatives, ScoreLookup, read_hard_negatives, read_scores, write_hard_negatives
 
 log = logging.getLogger(__name__)
 

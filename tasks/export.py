@@ -46,8 +46,7 @@ from tqdm import tqdm
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Export
 from tasks.io import DataError, atomic_dir, file_digest, write_text_atomic
-from tasks.records import HardNegatives, read_hard_negatives
-from tasks.score import ScoreLookup, load_texts, read_scores
+from tasks.records import HardNegatives, ScoreLookup, load_texts, read_hard_negatives, read_scores
 
 log = logging.getLogger(__name__)
 

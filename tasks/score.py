@@ -48,8 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tasks.cli import run_stage, stage_parser
@@ -57,19 +55,21 @@ from tasks.config import ROOT, Config, CrossEncoderCfg
 from tasks.io import (
     DataError,
     atomic_dir,
-    atomic_path,
     dumps_json,
     file_digest,
     read_json,
     write_bytes_atomic,
     write_json,
 )
-from tasks.records import read_collection, read_queries
+from tasks.records import (  # the scores table's reader and writer live with the other formats
+    load_texts,
+    scores_table,
+    write_table,
+)
 from tasks.scores_pickle import write_scores_pickle
 
 log = logging.getLogger(__name__)
 
-SCORES_SCHEMA = pa.schema([("qid", pa.int64()), ("pid", pa.int64()), ("score", pa.float32())])
 BACKEND_EXTRAS = {"onnx": "sentence-transformers[onnx]", "openvino": "sentence-transformers[openvino]"}
 MANIFEST_VERSION = 2  # 2: shards live in paths.score_cache; the manifest records the resolved device/dtype
 CACHE_FORMAT = 1
@@ -260,65 +260,6 @@ def score_shard(spec: ShardSpec) -> ShardResult:
     return ShardResult(spec.index, scores, time.perf_counter() - t0)
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write a scores table as Parquet, atomically, with deterministic bytes."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=False)
-
-
-def scores_table(qids: np.ndarray, pids: np.ndarray, scores: np.ndarray) -> pa.Table:
-    return pa.table(
-        {
-            "qid": np.asarray(qids, np.int64),
-            "pid": np.asarray(pids, np.int64),
-            "score": np.asarray(scores, np.float32),
-        },
-        schema=SCORES_SCHEMA,
-    )
-
-
-def read_scores(path: str | Path) -> pa.Table:
-    """The canonical CE scores table (``qid, pid, score``), checked for its columns."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no cross-encoder scores; run the score stage first")
-    table = pq.read_table(path)
-    missing = {"qid", "pid", "score"} - set(table.column_names)
-    if missing:
-        raise DataError(f"{path}: scores file lacks column(s) {sorted(missing)}")
-    return table.select(["qid", "pid", "score"]).cast(SCORES_SCHEMA)
-
-
-class ScoreLookup:
-    """``(qid, pid) -> score`` over the canonical table, without a 160M-entry dict.
-
-    Binary search over the (qid, pid)-sorted columns; a missing pair raises a DataError
-    saying that the scores were computed on other negatives.
-    """
-
-    def __init__(self, table: pa.Table, source: str | Path = "ce-scores.parquet") -> None:
-        self.qids = table.column("qid").to_numpy()
-        self.pids = table.column("pid").to_numpy()
-        self.scores = table.column("score").to_numpy()
-        self.source = source
-
-    def query(self, qid: int, pids: list[int]) -> np.ndarray:
-        """Scores (float32) of ``pids`` for ``qid``, in the given order."""
-        lo, hi = np.searchsorted(self.qids, [qid, qid + 1])
-        row_pids = self.pids[lo:hi]
-        want = np.asarray(pids, dtype=np.int64)
-        pos = np.searchsorted(row_pids, want)
-        found = pos < len(row_pids)
-        found[found] = row_pids[pos[found]] == want[found]
-        if not found.all():
-            missing = want[~found][:5].tolist()
-            raise DataError(
-                f"{self.source}: no cross-encoder score for qid {qid}, pid(s) {missing}: the scores were "
-                "computed on other hard negatives; rerun the score stage (dvc repro score)"
-            )
-        return self.scores[lo + pos]
-
-
 # --------------------------------------------------------------------------- pairs
 @dataclass
 class Pairs:
@@ -351,27 +292,6 @@ def collect_pairs(negatives_path: Path) -> Pairs:
     pids = np.concatenate(pid_chunks) if pid_chunks else np.zeros(0, np.int64)
     order = np.lexsort((pids, qids))
     return Pairs(qids[order], pids[order], mentions, per_system)
-
-
-def load_texts(
-    collection: Path, queries_path: Path, qids: np.ndarray, pids: np.ndarray, what: str
-) -> tuple[dict[int, str], dict[int, str]]:
-    """Query and passage texts for the ids needed; missing ids raise a DataError."""
-    need_p = set(np.unique(pids).tolist())
-    need_q = set(np.unique(qids).tolist())
-    passages = {p.pid: p.text for p in read_collection(collection) if p.pid in need_p}
-    queries = {q.qid: q.text for q in read_queries(queries_path) if q.qid in need_q}
-    for kind, need, have, src in (
-        ("pid", need_p, passages, collection),
-        ("qid", need_q, queries, queries_path),
-    ):
-        missing = sorted(need - have.keys())
-        if missing:
-            raise DataError(
-                f"{what}: {len(missing)} {kind}(s) are not in {src}, e.g. {missing[:5]}; "
-                "were the inputs built from another collection/query set?"
-            )
-    return queries, passages
 
 
 def iter_shard_specs(

@@ -24,8 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.records import HardNegatives, read_collection, write_hard_negatives, write_id_text
-from tasks.score import scores_table, write_table
+from tasks.records import (
+    HardNegatives,
+    read_collection,
+    scores_table,
+    write_hard_negatives,
+    write_id_text,
+    write_table,
+)
 from tests._model_helpers import tiny_texts
 
 SYSTEMS = ("bm25", "sys-a", "sys-b")

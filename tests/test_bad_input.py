@@ -144,7 +144,7 @@ def test_empty_hard_negatives_fail_their_readers(tmp_path: Path, stage: str, cap
         pass
     (out / "msmarco-hard-negatives.denoised.jsonl.gz").write_bytes((out / HARD_NEGATIVES).read_bytes())
     if stage == "denoise":  # the scores are read first: give it a real (tiny) scores file
-        from tasks.score import scores_table, write_table
+        from tasks.records import scores_table, write_table
 
         write_table(tmp_path / "scores" / "ce-scores.parquet", scores_table([1], [10], [0.5]))
     with caplog.at_level(logging.ERROR):

@@ -10,8 +10,7 @@ import pytest
 from tasks.config import Denoise
 from tasks.denoise import main, run, threshold
 from tasks.io import DataError, read_json
-from tasks.records import HardNegatives, read_hard_negatives, write_hard_negatives
-from tasks.score import scores_table, write_table
+from tasks.records import HardNegatives, read_hard_negatives, scores_table, write_hard_negatives, write_table
 from tests._score_helpers import SYSTEMS, make_records, synthetic_scores
 
 
