@@ -1,20 +1,32 @@
 """Device and dtype selection shared by every model stage (encode, mine, cross-encoder).
 
-``auto`` picks the fastest setting that keeps the numbers: on CUDA bf16 when the GPU
-supports it, else fp16; on CPU bf16 only when the CPU has native bf16 instructions
-(AMX or AVX512-BF16), else fp32, because emulated bf16 is slower than fp32. Measured on the
-2-core AVX2 development machine with all-MiniLM-L6-v2: fp32 64 passages/s, bf16 autocast
-167, bf16 weights 202, cosine to the fp32 embeddings >= 0.99995; so a bf16 choice casts the
-weights (``model.to(dtype)``) rather than using autocast.
+The default is ``fp32`` on every device: it is the precision the published artifacts were
+computed in (the published cross-encoder pickle holds fp32 logits; MarginMSE labels and the
+denoising margin are differences of those logits), so a run reproduces them wherever it runs.
+``bf16`` / ``fp16`` are explicit, per-stage opt-ins (``encode.dtype``, ``cross_encoder.dtype``)
+whose drift against fp32 is measured by ``benchmarks/precision_bench.py``; ``auto`` opts in to
+the fastest setting: on CUDA bf16 when the GPU supports it, else fp16; on CPU bf16 only when the
+CPU has native bf16 instructions (AMX or AVX512-BF16), else fp32, because emulated bf16 is
+slower than fp32. A reduced precision casts the weights (``model.to(dtype)``) rather than using
+autocast (faster: measured on a 2-core AVX2 machine with all-MiniLM-L6-v2, fp32 64 passages/s,
+bf16 autocast 167, bf16 weights 202).
+
+fp32 means IEEE fp32: :func:`resolve` sets ``torch.set_float32_matmul_precision("highest")``
+so neither TF32 (CUDA) nor bf16 fast-math (oneDNN on CPU) stands in for it.
+
+The CPU feature detection is injectable (``cpuinfo`` path, ``flags``, ``capability``), so tests
+exercise both an AVX512-BF16 and an AVX2-only CPU on any machine.
 
 Threads: torch uses every core this process may run on (``sched_getaffinity``), unless
-``OMP_NUM_THREADS`` says otherwise.
+``OMP_NUM_THREADS`` says otherwise. The thread count does not change fp32 results (measured,
+see ``tests/test_env_independence.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -25,6 +37,7 @@ log = logging.getLogger(__name__)
 DevicePref = Literal["auto", "cpu", "cuda"]
 DtypePref = Literal["auto", "fp32", "bf16", "fp16"]
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+PROC_CPUINFO = "/proc/cpuinfo"
 
 
 @dataclass(frozen=True)
@@ -43,8 +56,8 @@ class Accel:
 
 
 @cache
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """CPU feature flags from ``/proc/cpuinfo`` (empty where it does not exist)."""
+def cpu_flags(cpuinfo: str | Path = PROC_CPUINFO) -> frozenset[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (or another file in its format; empty if absent)."""
     path = Path(cpuinfo)
     if not path.exists():
         return frozenset()
@@ -54,14 +67,27 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AMX or AVX512-BF16)."""
-    if any(flag in cpu_flags() for flag in CPU_BF16_FLAGS):
-        return True
+def torch_cpu_capability() -> str:
+    """The ATen CPU capability torch dispatches to (``DEFAULT``, ``AVX2``, ``AVX512``, ...).
+
+    It honours ``ATEN_CPU_CAPABILITY`` (e.g. ``avx2`` to run an AVX2 machine's kernels here).
+    """
     import torch
 
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    return "AMX" in capability or "BF16" in capability
+    return str(torch.backends.cpu.get_cpu_capability()).upper()
+
+
+def cpu_has_bf16(flags: Iterable[str] | None = None, capability: str | None = None) -> bool:
+    """True when the CPU computes bf16 natively (AMX or AVX512-BF16).
+
+    ``flags`` (cpuinfo flags) and ``capability`` (torch's CPU capability string) default to
+    this machine's; pass them to ask about another CPU. Either one saying bf16 is enough.
+    """
+    flag_set = cpu_flags() if flags is None else frozenset(flags)
+    if any(flag in flag_set for flag in CPU_BF16_FLAGS):
+        return True
+    cap = torch_cpu_capability() if capability is None else capability.upper()
+    return "AMX" in cap or "BF16" in cap
 
 
 def cpu_count() -> int:
@@ -76,6 +102,7 @@ def configure_threads() -> int:
 
     On a shared, oversubscribed machine fewer threads can be faster (measured: a tiny model at
     load 6 on 2 cores ran 4x faster with 1 thread than with 2); set ``OMP_NUM_THREADS`` then.
+    The count changes speed only, never the fp32 bits (measured; a test compares 1 vs 2).
     """
     import torch
 
@@ -86,9 +113,16 @@ def configure_threads() -> int:
     return n
 
 
-def resolve(device: DevicePref = "auto", dtype: DtypePref = "auto") -> Accel:
+def resolve(
+    device: DevicePref = "auto",
+    dtype: DtypePref = "fp32",
+    *,
+    cpuinfo: str | Path = PROC_CPUINFO,
+    capability: str | None = None,
+) -> Accel:
     """Turn the ``device``/``dtype`` params into a concrete :class:`Accel`.
 
+    ``cpuinfo`` / ``capability`` describe the CPU (default: this one; see :func:`cpu_has_bf16`).
     Raises ``ValueError`` naming the parameter when ``cuda`` is asked for but absent.
     """
     import torch
@@ -101,14 +135,17 @@ def resolve(device: DevicePref = "auto", dtype: DtypePref = "auto") -> Accel:
     if device == "cuda" and not has_cuda:
         raise ValueError("device: 'cuda' requested but torch sees no CUDA device; set device: auto or cpu")
     dev = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+    native_bf16 = dev == "cpu" and cpu_has_bf16(cpu_flags(cpuinfo), capability)
     if dtype != "auto":
         chosen = dtype
-        if dev == "cpu" and dtype in ("bf16", "fp16") and not cpu_has_bf16():
+        if dev == "cpu" and dtype in ("bf16", "fp16") and not native_bf16:
             log.warning("dtype %s on a CPU without native bf16/fp16 support is emulated and slow", dtype)
     elif dev == "cuda":
         chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     else:
-        chosen = "bf16" if cpu_has_bf16() else "fp32"
+        chosen = "bf16" if native_bf16 else "fp32"
+    if chosen == "fp32":
+        torch.set_float32_matmul_precision("highest")  # IEEE fp32: no TF32 / bf16 fast-math
     if dev == "cpu":
         configure_threads()
     accel = Accel(dev, chosen)

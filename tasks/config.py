@@ -54,7 +54,10 @@ class Paths(Section):
     runs: str = Field(description="per-system TREC runs on dev / TREC DL 2019")
     negatives: str = Field(description="per-system mined hits (Parquet: qid, rank, pid, score)")
     out: str = Field(description="published-format outputs (hard negatives, CE score pickle)")
-    scores: str = Field(description="cross-encoder score shards and canonical Parquet")
+    scores: str = Field(description="cross-encoder scores: canonical Parquet + shard manifest")
+    score_cache: str = Field(
+        description="content-addressed cross-encoder shard cache of score and ce_rerank (the resume point)"
+    )
     exports: str = Field(description="training-ready exports")
     metrics: str = Field(description="DVC metrics (JSON) and plots data")
     report: str = Field(description="human-readable evaluation report with PNG figures")
@@ -201,11 +204,18 @@ class DenseSystem(Section):
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
 
 
+DTYPE_DOC = (
+    "fp32 (default) reproduces the published fp32 artifacts on CPU and CUDA; bf16 / fp16 are opt-in "
+    "and drift from fp32 (measured in benchmarks/precision_bench.py, see benchmarks/RESULTS.md); "
+    "auto: the fastest, bf16 (fp16 without bf16) on CUDA, bf16 on CPUs with AMX/avx512_bf16, else fp32"
+)
+
+
 class Encode(Section):
     batch_size: PositiveInt = 64
     shard_size: PositiveInt = 2000
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
 
 
 class Search(Section):
@@ -238,10 +248,7 @@ class CrossEncoderCfg(Section):
         "torch", description="onnx/openvino: CPU only, need the sentence-transformers[onnx|openvino] extra"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto",
-        description="auto: bf16 (fp16 without bf16) on CUDA, bf16 on CPUs with AMX/avx512_bf16, else fp32",
-    )
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
 
 
@@ -303,6 +310,25 @@ class Orchestration(Section):
     remote: Remote = Remote()
     check_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="per-request timeout of the refresh flow's upstream HEAD checks"
+    )
+    refresh_on_change: Literal["fail", "repin"] = Field(
+        "fail",
+        description="a source changed upstream while sources.<name> still pins the old md5: fail = the "
+        "refresh ends Failed and names `python -m tasks.sources_check accept <name>`; repin = fetch it, "
+        "re-pin md5/size in conf/profile/<profile>.yaml and params.yaml, and rerun what depends on it",
+    )
+    stage_timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="the flow ends a stage running longer than this (SIGTERM to its processes, SIGKILL "
+        "after stage_kill_grace_s) and fails its task; null = no limit",
+    )
+    stage_timeouts: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="per-stage timeouts in seconds, by stage name (`score`, `mine@bm25`) or foreach "
+        "base name (`mine`); they override stage_timeout_s",
+    )
+    stage_kill_grace_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="after SIGTERM (timeout, Ctrl-C, cancel), how long a stage may take to exit"
     )
 
 

@@ -5,9 +5,11 @@ rows in file order. A shard is encoded by :func:`encode_shard`, a pure module-le
 of a picklable :class:`ShardSpec` (so a Dask or process executor can run it anywhere), in
 length-sorted batches (original order restored), and stored as float16 ``.npy`` in a
 content-addressed cache ``paths.embedding_cache/<key[:2]>/<key>.npy`` with a sidecar
-``<key>.json`` (rows, sha256). The key hashes the model id, its revision (or, for a local
-directory, the hash of its files), max_seq_length, device, dtype, batch size and the shard's
-text, so embeddings are reused across runs and profiles and never mixed across settings.
+``<key>.json`` (rows, sha256). The key hashes the model id, its revision (the pinned commit;
+unpinned, the commit of the snapshot the local HF cache holds, which an offline load reads; for
+a local directory the hash of its files), max_seq_length, the RESOLVED device and dtype (never
+``auto``: fp32 by default, see :mod:`tasks.accel`), batch size and the shard's text, so
+embeddings are reused across runs and profiles and never mixed across settings.
 
 Killed mid-way, a rerun finds the complete shards in the cache (verified by sha256), encodes
 only the rest and gives byte-identical output: a shard's bytes depend only on its key.
@@ -98,15 +100,44 @@ def model_location(model: str) -> str:
     return model
 
 
-def model_revision(model: str, revision: str | None) -> str:
-    """The revision that goes into cache keys: the pinned hub commit, or a local dir's content hash."""
+def hub_cache_commit(model: str, revision: str | None, cache_dir: str | Path | None = None) -> str | None:
+    """The commit of the snapshot ``model`` at ``revision`` (None: ``main``) in the local HF cache.
+
+    This is the snapshot an offline load (``HF_HUB_OFFLINE=1``) uses, found without the network;
+    None when the cache holds no such snapshot (or ``model`` is no valid hub id).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(model, revision=revision, cache_dir=cache_dir, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError, ValueError):
+        return None
+    commit = Path(str(path)).name
+    return commit if is_commit(commit) else None
+
+
+def is_commit(revision: str | None) -> bool:
+    """A full 40-hex git commit id (not a branch or tag name)."""
+    return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+
+
+def model_revision(model: str, revision: str | None, cache_dir: str | Path | None = None) -> str:
+    """The revision that goes into cache keys and the manifest: what the weights really are.
+
+    A local directory: the hash of its files (``dir-sha256:...``). A hub id: the pinned commit;
+    a branch/tag or no pin resolved to the commit of the local HF cache's snapshot (what an
+    offline load reads); ``unpinned`` (or the branch name) only when no snapshot is cached.
+    """
     path = Path(model_location(model))
     if path.is_dir():
         h = hashlib.sha256()
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f, "sha256").encode() + b"\n")
         return f"dir-sha256:{h.hexdigest()}"
-    return revision or "unpinned"
+    if is_commit(revision):
+        return revision  # type: ignore[return-value]
+    return hub_cache_commit(model, revision, cache_dir) or revision or "unpinned"
 
 
 # --------------------------------------------------------------------------- workers
@@ -253,10 +284,16 @@ def run(
     accel = resolve(encode.device, encode.dtype)
     location = model_location(params.model)
     revision = model_revision(params.model, params.revision)
-    if revision == "unpinned":
+    if not (revision.startswith("dir-sha256:") or is_commit(revision)):
         log.warning(
-            "systems.%s.revision is null: cache entries are keyed 'unpinned'; pin a hub commit", system
-        )
+            "systems.%s.revision is %s and no snapshot of %s is in the local HF cache: cache entries "
+            "are keyed %r; pin a hub commit",
+            system, params.revision, params.model, revision,
+        )  # fmt: skip
+    elif revision != params.revision and not revision.startswith("dir-sha256:"):
+        log.info("systems.%s: %s resolved to the cached snapshot %s", system, params.model, revision)
+    # workers load exactly the snapshot the key names (a hub commit), or the local directory
+    load_revision = revision if is_commit(revision) else params.revision
     # A local directory is identified by its content hash alone, wherever it lives.
     base = {
         "model": "local-dir" if revision.startswith("dir-sha256:") else params.model,
@@ -317,7 +354,7 @@ def run(
                     bar.update(len(chunk))
                     continue
                 texts = tuple(t for _, t in chunk)
-                spec = ShardSpec(key, location, params.revision, params.max_seq_length,
+                spec = ShardSpec(key, location, load_revision, params.max_seq_length,
                                  accel.device, accel.dtype, encode.batch_size, texts)  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)

@@ -14,7 +14,8 @@ Three models are written under ``paths.models``:
 Same collection + params + seed => byte-identical files (weights, tokenizer, configs). The
 configs embed the installed library versions (``transformers_version`` in ``config.json``,
 ``__version__`` in ``config_sentence_transformers.json``), so a library upgrade changes
-those bytes, never the run time or the host.
+those bytes, never the run time, the host, the checkout path or the environment (HF_* /
+TRANSFORMERS_* variables, locale, thread count: ``tests/test_env_independence.py``).
 
     python -m tasks.smoke_models            # reads inputs.collection, writes paths.models/*
 """
@@ -42,6 +43,13 @@ BI_MEAN_COS = "smoke-bi-mean-cos"
 CROSS_ENCODER = "smoke-cross-encoder"
 NAMES = (BI_CLS_DOT, BI_MEAN_COS, CROSS_ENCODER)
 SPECIAL_TOKENS: list[str] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# The freshly written base is always read back with these kwargs, whatever the environment:
+# transformers records the loader's ``local_files_only`` in ``tokenizer_config.json``, and
+# would otherwise take it from ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` (so a worker
+# started without the Makefile's environment wrote different model bytes). True is the
+# truth here (the base is a local directory) and the value the committed models carry.
+LOCAL = {"local_files_only": True}
+LOCAL_KWARGS = ("model_kwargs", "processor_kwargs", "config_kwargs")
 
 README = """# {name} — SMOKE MODEL (not a real retriever)
 
@@ -169,7 +177,9 @@ def build_bi_encoder(
     with atomic_dir(out_dir) as stage:
         base = stage / ".hf-base"
         _hf_base(base, vocab, params, seed, classifier=False)
-        transformer = Transformer(str(base), max_seq_length=params.max_seq_length)
+        transformer = Transformer(
+            str(base), max_seq_length=params.max_seq_length, **{k: dict(LOCAL) for k in LOCAL_KWARGS}
+        )
         modules = [transformer, Pooling(params.hidden_size, pooling)]
         if pooling == "mean":
             modules.append(Normalize())
@@ -195,7 +205,7 @@ def build_cross_encoder(
     with atomic_dir(out_dir) as stage:
         base = stage / ".hf-base"
         _hf_base(base, vocab, params, seed, classifier=True)
-        model = CrossEncoder(str(base), device="cpu", num_labels=1, max_length=params.max_seq_length)
+        model = CrossEncoder(str(base), device="cpu", num_labels=1, max_length=params.max_seq_length, **LOCAL)
         model.save(str(stage), create_model_card=False)
         shutil.rmtree(base)
         _readme(

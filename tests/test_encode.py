@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -130,17 +131,70 @@ def test_skipped_system_and_bad_args(tmp_path: Path) -> None:
         read_manifest(tmp_path / "missing")
 
 
-def test_accel_selection() -> None:
-    import torch
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-    from tasks.accel import cpu_has_bf16, resolve
 
-    cpu = resolve("cpu", "auto")
-    assert cpu.device == "cpu" and cpu.dtype == ("bf16" if cpu_has_bf16() else "fp32")
-    assert resolve("cpu", "bf16").torch_dtype == torch.bfloat16
-    if not torch.cuda.is_available():
-        assert resolve("auto", "auto").device == "cpu"
-        with pytest.raises(ValueError, match="device: 'cuda'"):
-            resolve("cuda", "auto")
-    with pytest.raises(ValueError, match="dtype"):
-        resolve("cpu", "int8")  # type: ignore[arg-type]
+def _hub_cache(root: Path, model_dir: Path, repo: str = "smoke-org/tiny-bi") -> Path:
+    """A Hugging Face hub cache holding ``model_dir`` as ``repo``'s ``main`` snapshot."""
+    storage = root / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(model_dir, storage / "snapshots" / COMMIT)
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(COMMIT)
+    return root
+
+
+def test_model_revision_resolves_the_cached_hub_snapshot(models: TinyModels, tmp_path: Path) -> None:
+    from tasks.encode import model_revision
+
+    cache = _hub_cache(tmp_path / "hub", models.bi_cls_dot)
+    assert model_revision("smoke-org/tiny-bi", None, cache) == COMMIT
+    assert model_revision("smoke-org/tiny-bi", "main", cache) == COMMIT
+    assert model_revision("smoke-org/tiny-bi", "f" * 40, cache) == "f" * 40  # a pin is kept as is
+    assert model_revision("smoke-org/absent", None, cache) == "unpinned"
+    assert model_revision("smoke-org/absent", "v1", cache) == "v1"
+    assert model_revision(str(models.bi_cls_dot), None).startswith("dir-sha256:")
+
+
+ENCODE_FROM_HUB_CACHE = """\
+import json, sys
+from pathlib import Path
+from tasks.config import DenseSystem, Encode
+from tasks.encode import read_manifest, run
+
+out = Path(sys.argv[1])
+system = DenseSystem(model="smoke-org/tiny-bi", score="dot", max_seq_length=32)
+run("hub", system, Encode(batch_size=8, shard_size=50, device="cpu"), {"corpus": Path(sys.argv[2])},
+    out / "emb", out / "cache")
+print(json.dumps(read_manifest(out / "emb")))
+"""
+
+
+def test_unpinned_hub_model_is_keyed_by_its_offline_snapshot(models: TinyModels, tmp_path: Path) -> None:
+    """Run as users do (HF_HUB_OFFLINE=1, a populated HF cache): the manifest names the commit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cache = _hub_cache(tmp_path / "hub", models.bi_cls_dot)
+    parts = _small(tmp_path, n=60)
+    script = tmp_path / "enc.py"
+    script.write_text(ENCODE_FROM_HUB_CACHE)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out"), str(parts["corpus"])],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert manifest["revision"] == COMMIT and manifest["model"] == "smoke-org/tiny-bi"
+    assert (manifest["device"], manifest["dtype"]) == ("cpu", "fp32")  # resolved, not "auto"
+    # the same weights as the local directory (keys differ: they name the model differently)
+    from tasks.encode import load_part
+
+    hub = load_part(tmp_path / "out" / "emb", "corpus").load()
+    system = DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=32)
+    run("dir", system, Encode(batch_size=8, shard_size=50, device="cpu"), {"corpus": parts["corpus"]},
+        tmp_path / "dir", tmp_path / "cache-dir")  # fmt: skip
+    assert np.array_equal(hub, load_part(tmp_path / "dir", "corpus").load())

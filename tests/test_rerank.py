@@ -33,8 +33,8 @@ def bm25(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, st
 
 def _cfg() -> CrossEncoderCfg:
     return CrossEncoderCfg(
-        name="ce", model="unused", max_length=64, batch_size=4, shard_size=10, device="cpu"
-    )
+        name="ce", model="unused", max_length=64, batch_size=4, shard_size=10, device="cpu", dtype="fp32"
+    )  # fp32 pinned: test_rerank_top_depth compares with a plain fp32 CrossEncoder.predict
 
 
 def test_rerank_top_depth(bm25, tmp_path: Path) -> None:
