@@ -48,6 +48,8 @@ def test_prefect_yaml_deployments_match_the_flows():
         assert set(dep["parameters"]) <= accepted, f"{name}: unknown parameters"
     assert deps["sample"]["parameters"]["profile"] == "sample"
     assert deps["msmarco"]["parameters"]["profile"] == "msmarco"
+    for name, dep in deps.items():  # a second run of a deployment queues behind the first
+        assert dep["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}, name
 
 
 def test_refresh_schedule_is_weekly_cron_with_timezone():
@@ -89,12 +91,16 @@ def test_server_worker_deploy_and_run(pf, tmp_path: Path):
             "entrypoint": "flows/hello.py:hello",
             "parameters": {"who": "tests"},
             "work_pool": _deployments()["sample"]["work_pool"],
+            "concurrency_limit": _deployments()["sample"]["concurrency_limit"],
         }
     ]
     (proj / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     out = pf.cli(["deploy", "--prefect-file", "prefect.yaml", "--name", "hello"], proj)
     assert "hello/hello" in out
     dep = pf.get("/deployments/name/hello/hello")
+    # prefect.yaml's concurrency_limit, as Prefect 3 stores it: a limit of 1, queued collisions
+    assert dep["global_concurrency_limit"]["limit"] == 1
+    assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     assert dep["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(proj.resolve())}}
     ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.pipeline import ROOT, pipeline, run_dvc, stage_order
+from flows.pipeline import ROOT, pipeline, run_dvc, stage_order, stale_stages
+from tests._flow_helpers import alive, dvc_project, stage
 
 MINI_DVC = {
     "stages": {
@@ -94,3 +96,53 @@ def test_upstream_change_reruns_what_depends_on_it(prefect_harness, mini_project
         ("second@y", True),
     ]
     assert (mini_project / "y.txt").read_text() == "by"
+
+
+def test_run_cache_restore_makes_the_stages_downstream_run(prefect_harness, tmp_path):
+    """b's param goes 1 -> 2 -> 1: DVC restores b's outputs from its run cache ("Stage 'b' is
+    cached - skipping run") and c, which `dvc status` did not flag, must be reproduced on them
+    (before, the flow counted b as "not ran" and left c stale)."""
+    proj = dvc_project(
+        tmp_path / "p",
+        {
+            "a": stage("a.txt"),
+            "b": stage("b.txt", deps=["a.txt"], param="p"),
+            "c": stage("c.txt", deps=["b.txt"]),
+        },
+    )
+    run_dvc(["repro"], proj)
+    want, lock = (proj / "c.txt").read_bytes(), (proj / "dvc.lock").read_bytes()
+    (proj / "p.yaml").write_text("p: 2\n")
+    run_dvc(["repro"], proj)
+    assert (proj / "c.txt").read_bytes() != want
+    (proj / "p.yaml").write_text("p: 1\n")
+    assert stale_stages(proj) == {"b"}  # c's input still matches dvc.lock: only b is flagged
+
+    results = {r["stage"]: (r["status"], r["changed"]) for r in pipeline(root=str(proj))}
+    # c is reproduced too (DVC finds its output for b's old output in the run cache as well)
+    assert results == {"a": ("up to date", False), "b": ("restored", True), "c": ("restored", True)}
+    assert (proj / "c.txt").read_bytes() == want
+    assert (proj / "dvc.lock").read_bytes() == lock  # DVC's record is that of the first run again
+
+
+def test_stage_timeout_ends_the_stage_and_names_it(prefect_harness, tmp_path):
+    """A stuck stage that even ignores SIGTERM is ended at its timeout (SIGKILL after the grace)."""
+    proj = dvc_project(
+        tmp_path / "p",
+        {"stuck": stage("s.txt", "--hold", "--ignore-term")},
+        orchestration={"stage_timeouts": {"stuck": 2}, "stage_kill_grace_s": 1},
+    )
+    (proj / "hold").touch()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"stage 'stuck' ran longer than its timeout of 2 s"):
+        pipeline(root=str(proj))
+    assert time.monotonic() - start < 30
+    assert not alive(int((proj / "s.txt.pid").read_text()))
+    assert not (proj / "s.txt").exists()
+
+
+def test_stage_timeouts_naming_no_stage_fail_before_any_stage_runs(prefect_harness, tmp_path):
+    proj = dvc_project(tmp_path / "p", {"a": stage("a.txt")}, orchestration={"stage_timeouts": {"scroe": 5}})
+    with pytest.raises(ValueError, match=r"orchestration.stage_timeouts: dvc.yaml has no stage \['scroe'\]"):
+        pipeline(root=str(proj))
+    assert not (proj / "a.txt").exists()
