@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             summary_out=cfg.path("metrics") / f"mine-{args.system}.json",
             device=cfg.encode.device,
         ),
+        lock=f"mine@{args.system}",  # the dvc.yaml stage name: systems may run side by side
     )
 
 

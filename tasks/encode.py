@@ -48,8 +48,9 @@ from tqdm import tqdm
 
 from tasks.accel import Accel, place, resolve
 from tasks.cli import run_stage, stage_parser
-from tasks.config import ROOT, Config, DenseSystem, Encode
+from tasks.config import Config, DenseSystem, Encode
 from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
+from tasks.models import is_commit, model_location, model_revision
 from tasks.records import read_collection, read_queries
 from tasks.scaleout import InlineExecutor
 from tasks.scaleout import executor as shard_executor
@@ -90,54 +91,6 @@ class ShardResult:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def model_location(model: str) -> str:
-    """A local model directory given relative to the project root, made absolute; hub ids as is."""
-    path = Path(model)
-    if not path.is_absolute() and not path.exists() and (ROOT / path).is_dir():
-        return str(ROOT / path)
-    return model
-
-
-def hub_cache_commit(model: str, revision: str | None, cache_dir: str | Path | None = None) -> str | None:
-    """The commit of the snapshot ``model`` at ``revision`` (None: ``main``) in the local HF cache.
-
-    This is the snapshot an offline load (``HF_HUB_OFFLINE=1``) uses, found without the network;
-    None when the cache holds no such snapshot (or ``model`` is no valid hub id).
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        path = snapshot_download(model, revision=revision, cache_dir=cache_dir, local_files_only=True)
-    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError, ValueError):
-        return None
-    commit = Path(str(path)).name
-    return commit if is_commit(commit) else None
-
-
-def is_commit(revision: str | None) -> bool:
-    """A full 40-hex git commit id (not a branch or tag name)."""
-    return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
-
-
-def model_revision(model: str, revision: str | None, cache_dir: str | Path | None = None) -> str:
-    """The revision that goes into cache keys and the manifest: what the weights really are.
-
-    A local directory: the hash of its files (``dir-sha256:...``). A hub id: the pinned commit;
-    a branch/tag or no pin resolved to the commit of the local HF cache's snapshot (what an
-    offline load reads); ``unpinned`` (or the branch name) only when no snapshot is cached.
-    """
-    path = Path(model_location(model))
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f, "sha256").encode() + b"\n")
-        return f"dir-sha256:{h.hexdigest()}"
-    if is_commit(revision):
-        return revision  # type: ignore[return-value]
-    return hub_cache_commit(model, revision, cache_dir) or revision or "unpinned"
 
 
 # --------------------------------------------------------------------------- workers
@@ -481,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         log.info("stats: %s", json.dumps(stats, sort_keys=True))
 
-    return run_stage(args.params, work)
+    return run_stage(args.params, work, lock=f"encode@{args.system}")  # systems may run side by side
 
 
 if __name__ == "__main__":

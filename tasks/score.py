@@ -61,6 +61,7 @@ from tasks.io import (
     write_bytes_atomic,
     write_json,
 )
+from tasks.models import model_revision
 from tasks.records import (  # the scores table's reader and writer live with the other formats
     load_texts,
     scores_table,
@@ -318,14 +319,18 @@ def model_identity(model: ModelSpec) -> dict[str, Any]:
     """The model as keys and manifests record it: a local directory by its content hash, never
     by where it lives (the same model gives the same keys in any checkout), and the resolved
     device and dtype (work done under another setting is never reused)."""
-    from tasks.encode import model_revision
-
     ident = asdict(model)
+    revision = model_revision(model.model, model.revision)
     if Path(model.model).is_dir():
-        ident.update(model="local-dir", revision=model_revision(model.model, model.revision))
-    elif model.revision is None:
-        log.warning("cross_encoder.revision is null: cached shards are keyed 'unpinned'; pin a hub commit")
-        ident.update(revision="unpinned")
+        ident.update(model="local-dir", revision=revision)
+    else:
+        if revision == "unpinned":
+            log.warning(
+                "cross_encoder.revision is null and no snapshot of %s is in the local HF cache: cached "
+                "shards are keyed 'unpinned'; pin a hub commit",
+                model.model,
+            )
+        ident.update(revision=revision)
     return ident
 
 
