@@ -17,6 +17,15 @@ so neither TF32 (CUDA) nor bf16 fast-math (oneDNN on CPU) stands in for it.
 The CPU feature detection is injectable (``cpuinfo`` path, ``flags``, ``capability``), so tests
 exercise both an AVX512-BF16 and an AVX2-only CPU on any machine.
 
+CPU kernels: fp32 results differ in the last bits between CPU generations, because torch picks
+its vectorised kernels (ATen) and oneDNN its JIT kernels by the CPU's widest instruction set
+(AVX2 vs AVX-512). :func:`pin_cpu_kernels` with ``avx2`` (the default of ``encode.cpu_kernels``
+and ``cross_encoder.cpu_kernels``) makes every x86-64 CPU with AVX2 run the same kernels
+(``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``), so an AVX-512 machine writes the
+bytes an AVX2-only machine writes (measured: the sample's embeddings, mined negatives and CE
+scores of an AMD EPYC with AVX-512 match those of an AVX2 machine byte for byte); ``native`` lets
+each CPU use its widest kernels (its fp32 bits then agree with others' only within a tolerance).
+
 Threads: torch uses every core this process may run on (``sched_getaffinity``), unless
 ``OMP_NUM_THREADS`` says otherwise. The thread count does not change fp32 results (measured,
 see ``tests/test_env_independence.py``).
@@ -38,6 +47,9 @@ DevicePref = Literal["auto", "cpu", "cuda"]
 DtypePref = Literal["auto", "fp32", "bf16", "fp16"]
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 PROC_CPUINFO = "/proc/cpuinfo"
+CpuKernels = Literal["avx2", "native"]
+# what each portable kernel set means for torch's two CPU back ends (read by them at first use)
+KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,40 @@ def cpu_has_bf16(flags: Iterable[str] | None = None, capability: str | None = No
         return True
     cap = torch_cpu_capability() if capability is None else capability.upper()
     return "AMX" in cap or "BF16" in cap
+
+
+def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
+    """Make this process run torch's CPU kernels of ``kernels``; returns the ATen capability in force.
+
+    ``avx2``: the AVX2 kernels, whatever the CPU's widest instruction set, so fp32 results are
+    the same bits on every x86-64 CPU with AVX2. The settings are environment variables that
+    ATen and oneDNN read once, at their first use; setting them here (before any model runs)
+    also hands them to worker processes started afterwards. A process whose kernels were
+    already chosen otherwise (a long-lived Dask worker that ran torch before) raises rather
+    than compute other bits. ``native``: the CPU's own widest kernels (changes nothing).
+    ``flags``: the CPU's cpuinfo flags (default: this machine's).
+    """
+    if kernels == "native":
+        return torch_cpu_capability()
+    if kernels not in KERNEL_ENV:
+        raise ValueError(f"cpu_kernels must be avx2 or native, got {kernels!r}")
+    flag_set = cpu_flags() if flags is None else frozenset(flags)
+    if "avx2" not in flag_set:
+        raise ValueError(
+            "cpu_kernels: avx2 needs an x86-64 CPU with AVX2, and this CPU reports none; set "
+            "encode.cpu_kernels / cross_encoder.cpu_kernels: native (fp32 bits then depend on the CPU)"
+        )
+    for var, value in KERNEL_ENV[kernels].items():
+        os.environ[var] = value
+    capability = torch_cpu_capability()
+    if capability != kernels.upper():
+        raise RuntimeError(
+            f"this process already runs torch's {capability} CPU kernels, so cpu_kernels: {kernels} "
+            "cannot be honoured here; start it (e.g. `dask worker`) with "
+            + " ".join(f"{k}={v}" for k, v in KERNEL_ENV[kernels].items())
+            + ", or set cpu_kernels: native"
+        )
+    return capability
 
 
 def cpu_count() -> int:

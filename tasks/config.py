@@ -204,6 +204,11 @@ class DenseSystem(Section):
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
 
 
+CPU_KERNELS_DOC = (
+    "CPU kernels of the model (tasks.accel.pin_cpu_kernels): avx2 (default) = the same fp32 bits on every "
+    "x86-64 CPU with AVX2, AVX-512 ones included; native = each CPU's widest kernels (other CPUs then "
+    "agree only within a tolerance, see the README)"
+)
 DTYPE_DOC = (
     "fp32 (default) reproduces the published fp32 artifacts on CPU and CUDA; bf16 / fp16 are opt-in "
     "and drift from fp32 (measured in benchmarks/precision_bench.py, see benchmarks/RESULTS.md); "
@@ -216,6 +221,7 @@ class Encode(Section):
     shard_size: PositiveInt = 2000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
+    cpu_kernels: Literal["avx2", "native"] = Field("avx2", description=CPU_KERNELS_DOC)
 
 
 class Search(Section):
@@ -249,6 +255,7 @@ class CrossEncoderCfg(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
+    cpu_kernels: Literal["avx2", "native"] = Field("avx2", description=CPU_KERNELS_DOC)
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
 
 

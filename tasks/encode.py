@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from tasks.accel import Accel, place, resolve
+from tasks.accel import Accel, pin_cpu_kernels, place, resolve
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Config, DenseSystem, Encode
 from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
@@ -81,6 +81,7 @@ class ShardSpec:
     dtype: str
     batch_size: int
     texts: tuple[str, ...] = field(repr=False)
+    cpu_kernels: str | None = "avx2"  # tasks.accel.pin_cpu_kernels on CPU; None on CUDA
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ _MODELS: dict[tuple, Any] = {}
 
 def _load_model(spec: ShardSpec):
     ident = (spec.model, spec.revision, spec.max_seq_length, spec.device, spec.dtype)
+    if spec.cpu_kernels is not None:
+        pin_cpu_kernels(spec.cpu_kernels)  # before the model runs: the same fp32 bits on any CPU
     if ident not in _MODELS:
         from sentence_transformers import SentenceTransformer
 
@@ -248,12 +251,14 @@ def run(
     # workers load exactly the snapshot the key names (a hub commit), or the local directory
     load_revision = revision if is_commit(revision) else params.revision
     # A local directory is identified by its content hash alone, wherever it lives.
+    cpu_kernels = encode.cpu_kernels if accel.device == "cpu" else None
     base = {
         "model": "local-dir" if revision.startswith("dir-sha256:") else params.model,
         "revision": revision,
         "max_seq_length": params.max_seq_length,
         "device": accel.device,
         "dtype": accel.dtype,
+        "cpu_kernels": cpu_kernels,
         "batch_size": encode.batch_size,
         "format": FORMAT_VERSION,
     }
@@ -308,7 +313,8 @@ def run(
                     continue
                 texts = tuple(t for _, t in chunk)
                 spec = ShardSpec(key, location, load_revision, params.max_seq_length,
-                                 accel.device, accel.dtype, encode.batch_size, texts)  # fmt: skip
+                                 accel.device, accel.dtype, encode.batch_size, texts,
+                                 cpu_kernels)  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)
                 else:

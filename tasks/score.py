@@ -97,6 +97,7 @@ class ModelSpec:
     backend: str = "torch"
     device: str = "cpu"
     dtype: str = "fp32"
+    cpu_kernels: str | None = "avx2"  # tasks.accel.pin_cpu_kernels on CPU; None on CUDA
 
     @classmethod
     def from_cfg(cls, ce: CrossEncoderCfg, model_path: str | None = None, accel: Any = None) -> ModelSpec:
@@ -114,6 +115,7 @@ class ModelSpec:
             backend=ce.backend,
             device=accel.device,
             dtype=accel.dtype,
+            cpu_kernels=ce.cpu_kernels if accel.device == "cpu" else None,
         )
 
 
@@ -174,6 +176,10 @@ def load_model(spec: ModelSpec) -> tuple[Any, threading.Lock]:
 
         _check_backend(spec.backend)
         accel = _honour(spec)
+        if spec.cpu_kernels is not None:
+            from tasks.accel import pin_cpu_kernels
+
+            pin_cpu_kernels(spec.cpu_kernels)  # before the model runs: the same fp32 bits on any CPU
         if spec.backend != "torch" and accel.device != "cpu":
             raise ValueError(
                 f"cross_encoder.backend={spec.backend!r} is a CPU option; set cross_encoder.device: cpu "

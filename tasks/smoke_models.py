@@ -31,8 +31,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from tasks.accel import cpu_flags, pin_cpu_kernels
 from tasks.cli import run_stage, stage_parser
-from tasks.config import SmokeModels
+from tasks.config import Config, SmokeModels
 from tasks.io import atomic_dir, write_text_atomic
 from tasks.records import read_collection
 
@@ -253,10 +254,18 @@ def main(argv: list[str] | None = None) -> int:
         "python -m tasks.smoke_models --params params.yaml",
     )
     args = parser.parse_args(argv)
-    return run_stage(
-        args.params,
-        lambda cfg: build_all(cfg.input_path("collection"), cfg.path("models"), cfg.smoke_models, cfg.seed),
-    )
+
+    def work(cfg: Config) -> None:
+        # The models' bytes do not depend on torch's CPU kernels (the committed dvc.lock's models
+        # were reproduced on AVX2 and AVX-512 CPUs), but ATen fixes its kernels at the first op:
+        # choosing the model stages' kernels first keeps a process that goes on to encode or
+        # score with them (a notebook, a test) able to honour cpu_kernels.
+        kernels = {cfg.encode.cpu_kernels, cfg.cross_encoder.cpu_kernels}
+        if kernels == {"avx2"} and "avx2" in cpu_flags():
+            pin_cpu_kernels("avx2")
+        build_all(cfg.input_path("collection"), cfg.path("models"), cfg.smoke_models, cfg.seed)
+
+    return run_stage(args.params, work)
 
 
 if __name__ == "__main__":

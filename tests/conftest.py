@@ -19,6 +19,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# The stages pin torch's CPU kernels to AVX2 (cpu_kernels: avx2, tasks.accel.pin_cpu_kernels)
+# before a model runs; tests that run models in this process must start with the same kernels,
+# since ATen and oneDNN choose theirs once, at their first use.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 
 @pytest.fixture(scope="session")

@@ -82,3 +82,74 @@ def test_bad_or_unavailable_settings_raise() -> None:
     else:  # a GPU: fp32 unless asked otherwise, bf16/fp16 only for auto
         assert resolve("cuda").dtype == "fp32"
         assert resolve("cuda", "auto").dtype in ("bf16", "fp16")
+
+
+# --------------------------------------------------------------------------- CPU kernels
+PIN_PROBE = """
+import os, subprocess, sys
+if sys.argv[1] == "chosen":
+    import torch
+    torch.ones(4).add_(1)  # the first op fixes the kernels (here: ATEN_CPU_CAPABILITY=default)
+from tasks.accel import pin_cpu_kernels
+
+try:
+    print("pinned", pin_cpu_kernels("avx2"), os.environ["ONEDNN_MAX_CPU_ISA"])
+except RuntimeError as exc:
+    print("refused", exc)
+    sys.exit(0)
+worker = "from tasks.accel import torch_cpu_capability as c; print(c())"  # a process started now
+print("worker", subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True).stdout)
+"""
+
+
+def _probe(mode: str, extra_env: dict[str, str]) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env.update(extra_env)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", PIN_PROBE, mode],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_avx2_kernels_are_pinned_in_the_process_and_its_workers() -> None:
+    """Without any variable set, pinning makes this process and the workers it spawns run the
+    AVX2 kernels (on an AVX-512 CPU too: the bytes then match an AVX2-only machine's)."""
+    out = _probe("fresh", {})
+    assert "pinned AVX2 AVX2" in out and "worker AVX2" in out, out
+
+
+def test_a_process_whose_kernels_were_chosen_otherwise_refuses() -> None:
+    """A long-lived process (a Dask worker) that ran torch with other kernels must not compute
+    other bits silently: pinning raises and says how to start it."""
+    out = _probe("chosen", {"ATEN_CPU_CAPABILITY": "default"})
+    assert out.startswith("refused") and "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" in out, out
+
+
+def test_avx2_kernels_need_an_avx2_cpu_and_native_changes_nothing(tmp_path: Path) -> None:
+    from tasks.accel import pin_cpu_kernels, torch_cpu_capability
+
+    with pytest.raises(ValueError, match=r"cpu_kernels: native"):
+        pin_cpu_kernels("avx2", flags=cpu_flags(_cpuinfo(tmp_path, "fpu sse2 sse4_2 avx")))
+    with pytest.raises(ValueError, match="avx2 or native"):
+        pin_cpu_kernels("avx512")
+    assert pin_cpu_kernels("native") == torch_cpu_capability()
+
+
+def test_kernels_are_part_of_the_cross_encoder_identity() -> None:
+    """Shards scored with other kernels are never reused (the cache key holds cpu_kernels)."""
+    from tasks.score import ModelSpec, model_identity
+
+    avx2, native = ModelSpec("org/ce", "a" * 40), ModelSpec("org/ce", "a" * 40, cpu_kernels="native")
+    assert model_identity(avx2)["cpu_kernels"] == "avx2"
+    assert model_identity(avx2) != model_identity(native)
