@@ -26,10 +26,11 @@ Same inputs for every column, from the bundled sample (``sample/``):
   classification head, scaled so its fp32 logits spread with a standard deviation of
   ``--ce-logit-std`` (4.0: the real model's logits span about -11..+11); and the smoke
   cross-encoder (random-init, logits within ~1e-3 of each other, so its flips say nothing).
-- **fp32, AVX2 kernels**: fp32 again in a child process with ``ATEN_CPU_CAPABILITY=avx2``, the
-  ATen kernels an AVX2-only CPU runs (softmax, layer norm, GELU, ...): the drift of fp32 between
-  CPUs. (MKL's GEMMs pick their own code path; on this AMD CPU ``MKL_ENABLE_INSTRUCTIONS=AVX2``
-  changed nothing, measured.) ``--no-avx2`` skips it.
+- **fp32, AVX2 kernels**: fp32 again in a child process with ``ATEN_CPU_CAPABILITY=avx2`` and
+  ``ONEDNN_MAX_CPU_ISA=AVX2``, the kernels an AVX2-only CPU runs and what the stages' default
+  ``cpu_kernels: avx2`` pins (``tasks.accel.pin_cpu_kernels``): the drift of fp32 between the
+  CPU's native kernels (the other columns; ``cpu_kernels: native``) and the portable ones.
+  ``--no-avx2`` skips it.
 - **CUDA**: fp32 / bf16 / fp16 on the GPU when torch sees one (drift against CPU fp32);
   otherwise the column says "not measured (no GPU lent)".
 
@@ -177,9 +178,10 @@ def run_encode(
     """Embeddings (float16, as stored) via the encode stage's shard function; texts/s."""
     from tasks.encode import ShardSpec, encode_shard
 
-    warm = ShardSpec("warm", model, None, 256, device, dtype, batch, tuple(texts[:batch]))
+    # cpu_kernels native: this process's kernels (the AVX2 column's child sets them by environment)
+    warm = ShardSpec("warm", model, None, 256, device, dtype, batch, tuple(texts[:batch]), "native")
     encode_shard(warm)  # loads the model, first-call costs
-    spec = ShardSpec("bench", model, None, 256, device, dtype, batch, tuple(texts))
+    spec = ShardSpec("bench", model, None, 256, device, dtype, batch, tuple(texts), "native")
     best, emb = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -193,7 +195,9 @@ def run_ce(model: str, device: str, dtype: str, ce: dict, batch: int, repeats: i
     from tasks.score import ModelSpec, score_pairs
 
     queries, passages = ce["queries"], ce["passages"]
-    spec = ModelSpec(model, max_length=256, batch_size=batch, device=device, dtype=dtype)
+    spec = ModelSpec(
+        model, max_length=256, batch_size=batch, device=device, dtype=dtype, cpu_kernels="native"
+    )
     score_pairs(spec, queries[:batch], passages[:batch])  # warm-up
     best, scores = float("inf"), None
     for _ in range(repeats):
@@ -248,7 +252,7 @@ def child_avx2(work: Path, models: dict[str, str], args) -> dict | None:
     """fp32 in a child with ATEN_CPU_CAPABILITY=avx2 (an AVX2 CPU's ATen kernels)."""
     out = work / "avx2.npz"
     cmd = [sys.executable, __file__, "--child-avx2", str(out), "--work", str(work), *args.passthrough]
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     subprocess.run(cmd, env=env, check=True)
     data = np.load(out, allow_pickle=False)
     meta = json.loads(str(data["meta"]))
