@@ -150,11 +150,32 @@ class Prefect:
         rows = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": runs}}})
         return {a["key"]: a for a in rows if a.get("key")}
 
-    def logs_of(self, run_id: str) -> str:
-        rows = self.post(
-            "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
-        )
-        return "\n".join(r["message"] for r in rows)
+    def logs_of(self, run_id: str, expect: str | None = None, timeout: float = 60) -> str:
+        """The run's log lines; with ``expect``, wait (up to ``timeout`` s) until one contains it.
+
+        A flow run's process ships its logs in batches from a background thread, so the run can
+        read COMPLETED before its last lines reach the API.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            rows: list[dict[str, Any]] = []
+            while True:  # the API returns at most 200 rows a call: page through them
+                page = self.post(
+                    "/logs/filter",
+                    {
+                        "logs": {"flow_run_id": {"any_": [run_id]}},
+                        "sort": "TIMESTAMP_ASC",
+                        "limit": 200,
+                        "offset": len(rows),
+                    },
+                )
+                rows += page
+                if len(page) < 200:
+                    break
+            text = "\n".join(r["message"] for r in rows)
+            if expect is None or expect in text or time.monotonic() > deadline:
+                return text
+            time.sleep(1)
 
 
 @contextlib.contextmanager

@@ -212,7 +212,7 @@ def test_e2e_deploy_sample_refresh_and_change(pf, tmp_path: Path):
     run_id = pf.run_deployment("hardnegs-refresh/refresh", proj)
     run = pf.wait(run_id, timeout=300)
     assert run["state_type"] == "COMPLETED", pf.logs_of(run_id)[-5000:]
-    assert "nothing to do" in pf.logs_of(run_id)
+    assert "nothing to do" in pf.logs_of(run_id, expect="nothing to do")
     report = pf.artifacts(run_id)
     assert set(report) == {"refresh"}  # no pipeline subflow ran
     assert "## Stages that ran\n\nnone" in report["refresh"]["data"]
