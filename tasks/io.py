@@ -212,6 +212,15 @@ def _native_os_error(exc: Exception, final: Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(final))
 
 
+def _named_io_error(exc: Exception, final: Path, temp: Path) -> Exception:
+    """What an atomic writer raises for ``exc``: an OSError pointed at ``final``, a native
+    library's I/O ``ValueError`` turned into that OSError, anything else ``exc`` itself."""
+    if isinstance(exc, OSError):
+        _name_the_file(exc, final, temp)
+        return exc
+    return _native_os_error(exc, final) or exc
+
+
 _ADVICE = {
     errno.ENOSPC: "free space on the disk holding {dir} (df -h {dir}) or point paths in params.yaml "
     "at a bigger one",
@@ -280,14 +289,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         fsync_dir(final.parent)
-    except OSError as exc:
-        _name_the_file(exc, final, tmp)
-        raise
-    except ValueError as exc:  # a native library's I/O error (see _native_os_error)
-        native = _native_os_error(exc, final)
-        if native is None:
+    except (OSError, ValueError) as exc:
+        named = _named_io_error(exc, final, tmp)
+        if named is exc:
             raise
-        raise native from exc
+        raise named from exc
     finally:
         try:
             tmp.unlink(missing_ok=True)
@@ -333,14 +339,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         fsync_dir(final.parent)
         if old.exists():
             shutil.rmtree(old)
-    except OSError as exc:
-        _name_the_file(exc, final, stage)
-        raise
-    except ValueError as exc:  # a native library's I/O error (see _native_os_error)
-        native = _native_os_error(exc, final)
-        if native is None:
+    except (OSError, ValueError) as exc:
+        named = _named_io_error(exc, final, stage)
+        if named is exc:
             raise
-        raise native from exc
+        raise named from exc
     finally:
         try:
             if stage.exists():
