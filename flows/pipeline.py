@@ -242,10 +242,12 @@ def reproduce(
     changed = locked_outs(project, stage) != before
     status = "ran" if seen["ran"] else "restored" if seen["restored"] else "up to date"
     logger.info(
-        "%s: %s in %.1f s%s",
+        "%s: %s in %.1f s (%.1f CPU s, peak RSS %s)%s",
         stage,
         {"ran": "ran", "restored": "restored from the run cache", "up to date": "up to date"}[status],
         result.seconds,
+        result.cpu_s,
+        human_bytes(result.peak_rss),
         "; its outputs changed" if changed else "",
     )
     return {
@@ -254,7 +256,18 @@ def reproduce(
         "status": status,
         "changed": changed,
         "seconds": result.seconds,
+        "cpu_s": result.cpu_s,
+        "peak_rss": result.peak_rss,
     }
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``: three significant figures at most."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 STATUS_TEXT = {"ran": "ran", "restored": "restored from run cache", "up to date": "up to date"}
@@ -264,12 +277,15 @@ def summary_markdown(results: list[dict[str, Any]], profile: str, extra: str = "
     lines = [
         f"# hardnegs pipeline: profile `{profile}`",
         "",
-        "| stage | status | outputs changed | seconds |",
-        "|---|---|---|---:|",
+        "| stage | status | outputs changed | seconds | peak RSS |",
+        "|---|---|---|---:|---:|",
     ]
     for r in results:
         status = STATUS_TEXT[r.get("status", "ran" if r["ran"] else "up to date")]
-        lines.append(f"| {r['stage']} | {status} | {'yes' if r.get('changed') else 'no'} | {r['seconds']} |")
+        rss = human_bytes(r["peak_rss"]) if r.get("peak_rss") else ""
+        lines.append(
+            f"| {r['stage']} | {status} | {'yes' if r.get('changed') else 'no'} | {r['seconds']} | {rss} |"
+        )
     ran = sum(r["ran"] for r in results)
     restored = sum(r.get("status") == "restored" for r in results)
     lines += ["", f"{ran} of {len(results)} stages ran; the rest were up to date in DVC."]
@@ -481,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         "--wait", action="store_true", help="wait for a flow run that holds this checkout instead of failing"
     )
     parser.add_argument("--root", help="the project checkout to run in (default: this one)")
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        metavar="FILE",
+        help="write each stage's status, seconds, CPU seconds and peak RSS (bytes) there as JSON",
+    )
     args = parser.parse_args(argv)
     project = Path(args.root) if args.root else ROOT
     try:
@@ -501,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
             f"interrupted ({type(exc).__name__}): the running stage was ended; run again to resume\n"
         )
         return EXIT_INTERRUPTED
+    if args.stats:
+        from tasks.io import write_json
+
+        write_json(args.stats, {"stages": results})
     ran = sum(r["ran"] for r in results)
     restored = sum(r.get("status") == "restored" for r in results)
     sys.stderr.write(

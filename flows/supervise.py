@@ -52,6 +52,25 @@ class GroupResult:
     seconds: float
     tail: list[str] = field(default_factory=list)  # the last TAIL_LINES lines of output
     leftovers: int = 0  # processes of the group still alive after the command exited
+    peak_rss: int = 0  # bytes: the largest sum of resident memory over the group's processes
+    cpu_s: float = 0.0  # user + system CPU seconds of the command and every process it waited for
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+RSS_EVERY_S = 0.5  # how often run_group samples the group's memory
+
+
+def group_rss(pgid: int) -> int:
+    """Resident bytes summed over the live processes of group ``pgid`` (0 without /proc).
+
+    Pages shared between processes (forked workers, mapped files) count once per process, so
+    this is an upper bound of what the group holds, the figure a memory limit would see.
+    """
+    total = 0
+    for pid in group_members(pgid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return total
 
 
 # --------------------------------------------------------------------------- the guard
@@ -206,6 +225,8 @@ def run_group(
     eof = False
     last_progress = start
     leftovers = 0
+    peak_rss = 0
+    last_rss = start - RSS_EVERY_S
     try:
         while not (eof and exited_at is not None):
             try:
@@ -221,6 +242,9 @@ def run_group(
                 last_progress = time.monotonic()
                 on_line(item[1])
             now = time.monotonic()
+            if exited_at is None and now - last_rss >= RSS_EVERY_S:
+                last_rss = now
+                peak_rss = max(peak_rss, group_rss(proc.pid))
             if exited_at is None and _exited(proc.pid):
                 exited_at = now
             if exited_at is not None and not eof and now - exited_at > exit_grace_s:
@@ -233,13 +257,30 @@ def run_group(
         if exited_at is None:
             _stop_group(proc, kill_grace_s)
         _signal_group(proc.pid, signal.SIGKILL)  # nothing of the group outlives the call
-        proc.wait()
+        cpu_s = _reap(proc)
         with contextlib.suppress(OSError):
             proc.stdin.close()  # type: ignore[union-attr]
         reader.join(timeout=1)
         if not reader.is_alive():  # else a process outside the group holds the pipe: never close
             proc.stdout.close()  # a descriptor a blocked read() may still use (it could be reused)
-    return GroupResult(proc.returncode, round(time.monotonic() - start, 1), list(tail), leftovers)
+    return GroupResult(
+        proc.returncode, round(time.monotonic() - start, 1), list(tail), leftovers, peak_rss, cpu_s
+    )
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for ``proc`` (the guard) and return its CPU seconds, its waited-for children's included.
+
+    ``os.wait4`` reports the whole tree that exited through waits: the guard, dvc, the stage and
+    any worker the stage reaped. ``Popen`` is told the exit status so it does not wait again.
+    """
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # reaped already
+        proc.wait()
+        return 0.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return round(usage.ru_utime + usage.ru_stime, 1)
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
