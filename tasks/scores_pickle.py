@@ -10,11 +10,18 @@ are exactly those of ``pickle.dumps(d, protocol=2)`` for the dict ``d`` whose in
 is sorted by qid then pid (a test checks this), inside a gzip stream with ``mtime=0``: same
 scores => same bytes.
 
-Loader: :func:`load_scores_pickle` unpickles with a restricted :class:`pickle.Unpickler`
-whose ``find_class`` refuses every global. Dicts, ints and floats are built by pickle opcodes
-alone, so a genuine score pickle loads, while a pickle that would call anything (a
-``__reduce__`` to ``os.system``, a numpy scalar, a class instance) is refused with an error
-naming the global it asked for -- nothing is ever executed. The result is then checked to be
+Loader: :func:`load_scores_pickle` unpickles with a restricted :class:`pickle.Unpickler`.
+Dicts, ints and floats are built by pickle opcodes alone, so a genuine score pickle loads,
+while a pickle that would call anything (a ``__reduce__`` to ``os.system``, a class instance)
+is refused with an error naming the global it asked for -- nothing is ever executed. One family
+of globals is answered, because many real score pickles hold numpy scalars (``np.float32``
+scores, ``np.int64`` ids, as ``scores[qid][pid] = model.predict(...)[i]`` leaves them):
+``numpy.dtype``, ``numpy[._]core.multiarray.scalar`` and, for protocol 2's bytes,
+``_codecs.encode``. They resolve to stand-ins written here, not to numpy's functions: the
+dtype stand-in accepts only plain numeric type codes (bool, int, uint, float) with the
+state numpy itself pickles for them, the scalar stand-in decodes the raw bytes with that
+dtype into a Python int or float, and ``_codecs.encode`` only turns text into latin-1 bytes. No
+numpy constructor ever sees bytes from the file. The result is then checked to be
 ``dict[int, dict[int, float]]`` with finite scores.
 """
 
@@ -159,11 +166,76 @@ def write_scores_pickle(path: str | Path, qids: np.ndarray, pids: np.ndarray, sc
 
 
 # --------------------------------------------------------------------------- loader
+_NUMERIC_KINDS = "biuf"
+_BYTE_ORDERS = "<>|="
+
+
+class _DtypeSpec:
+    """What ``numpy.dtype(code, False, True)`` + ``BUILD(state)`` in a pickle asks for, checked.
+
+    Only a plain numeric dtype passes: a type code numpy maps to kind b/i/u/f, and the state
+    numpy pickles for it (version 3, a byte order, no subarray / names / fields, elsize and
+    alignment -1, flags 0). Anything else (object, structured, void, datetime dtypes) is refused.
+    """
+
+    def __init__(self, code: object, align: object = False, copy: object = True) -> None:
+        if not isinstance(code, str) or align is not False:
+            raise UnsafePickleError(f"refused numpy.dtype{(code, align, copy)!r}: not a plain numeric dtype")
+        try:
+            dtype = np.dtype(code)
+        except TypeError:
+            raise UnsafePickleError(f"refused numpy.dtype({code!r}): not a numpy type code") from None
+        if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise UnsafePickleError(f"refused numpy.dtype({code!r}): only bool, int and float dtypes")
+        self.dtype = dtype
+
+    def __setstate__(self, state: object) -> None:
+        ok = (
+            isinstance(state, tuple)
+            and len(state) == 8
+            and state[0] == 3
+            and isinstance(state[1], str)
+            and state[1] in _BYTE_ORDERS
+            and state[2:5] == (None, None, None)
+            and state[5:] == (-1, -1, 0)
+        )
+        if not ok:
+            raise UnsafePickleError(f"refused numpy dtype state {state!r}: not a plain numeric dtype")
+        if state[1] in "<>":  # type: ignore[index]
+            self.dtype = self.dtype.newbyteorder(state[1])  # type: ignore[index]
+
+
+def _scalar(spec: object, data: object) -> int | float | bool:
+    """``numpy.core.multiarray.scalar(dtype, raw bytes)`` for a checked numeric dtype, as Python."""
+    if not isinstance(spec, _DtypeSpec) or not isinstance(data, bytes) or len(data) != spec.dtype.itemsize:
+        raise UnsafePickleError("refused a numpy scalar that is not raw bytes of a numeric dtype")
+    return np.frombuffer(data, dtype=spec.dtype)[0].item()  # type: ignore[no-any-return]
+
+
+def _latin1(text: object, encoding: object = "utf-8") -> bytes:
+    """``_codecs.encode(text, 'latin1')``: how protocol 2 stores bytes; nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode(..., {encoding!r}): only latin-1 text to bytes")
+    return text.encode("latin-1")
+
+
+_ANSWERED = {
+    ("numpy", "dtype"): _DtypeSpec,
+    ("numpy._core.multiarray", "scalar"): _scalar,  # numpy 2
+    ("numpy.core.multiarray", "scalar"): _scalar,  # numpy 1
+    ("_codecs", "encode"): _latin1,
+}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
-        raise UnsafePickleError(
-            f"refused to load global {module}.{name}: a score pickle holds only dicts, ints and floats"
-        )
+        answer = _ANSWERED.get((module, name))
+        if answer is None:
+            raise UnsafePickleError(
+                f"refused to load global {module}.{name}: a score pickle holds only dicts, ints and "
+                "floats (numpy numeric scalars included)"
+            )
+        return answer
 
     def persistent_load(self, pid: object) -> object:
         raise UnsafePickleError("refused a persistent id: a score pickle holds only dicts, ints and floats")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
 import pickle
@@ -101,10 +102,66 @@ def test_pickle_carrying_code_is_refused_not_executed(tmp_path: Path) -> None:
     assert marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_scalars_load_as_python_numbers(tmp_path: Path, protocol: int) -> None:
+    """What ``scores[qid][pid] = model.predict(...)[i]`` with numpy ids leaves in a pickle."""
+    big_endian = np.array([2.25], dtype=">f8")[0]
+    obj = {
+        np.int64(7): {np.int64(3): np.float32(0.5), 4: np.float64(-1.25), np.int32(5): big_endian},
+        8: {np.uint16(9): np.int64(2)},
+    }
+    path = tmp_path / "np.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(obj, protocol=protocol), mtime=0))
+    loaded = load_scores_pickle(path)
+    assert loaded == {7: {3: 0.5, 4: -1.25, 5: 2.25}, 8: {9: 2.0}}
+    assert all(type(q) is int for q in loaded)
+    assert all(type(p) is int and type(v) is float for inner in loaded.values() for p, v in inner.items())
+
+
+class _Reduces:
+    """Pickles as ``fn(*args)``: a way to write globals numpy itself never pickles."""
+
+    def __init__(self, fn: object, *args: object) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.array([0.5, 0.25]), r"numpy\._core\.multiarray\._reconstruct"),  # an array, not a scalar
+        (_Reduces(np.dtype, "O", False, True), r"numpy\.dtype\('O'"),  # object dtype: would be pointers
+        (_Reduces(np.dtype, "i4,i4", False, True), "only bool, int and float"),  # structured
+        (_Reduces(np.dtype, "f4", True, True), "not a plain numeric dtype"),
+        (_Reduces(codecs.encode, "abc", "rot13"), "only latin-1"),
+        (_Reduces(np.float32, 0.5), r"numpy\.float32"),
+    ],
+)
+def test_numpy_globals_beyond_numeric_scalars_are_refused(
+    tmp_path: Path, value: object, message: str
+) -> None:
+    path = tmp_path / "bad.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps({1: {2: value}}, protocol=2), mtime=0))
+    with pytest.raises(UnsafePickleError, match=message):
+        load_scores_pickle(path)
+
+
+def test_a_crafted_dtype_state_is_refused(tmp_path: Path) -> None:
+    """BUILD on the dtype with flags numpy never pickles for a number (63: 'holds objects', 'list
+    pickle'...): refused by the stand-in before any numpy code sees the state or the bytes."""
+    good = pickle.dumps({1: {2: np.float32(0.5)}}, protocol=2)
+    state = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"  # elsize -1, alignment -1, flags 0
+    assert good.count(state) == 1
+    crafted = good.replace(state, b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ft")  # flags 63
+    path = tmp_path / "crafted.pkl.gz"
+    path.write_bytes(gzip.compress(crafted, mtime=0))
+    with pytest.raises(UnsafePickleError, match="dtype state"):
+        load_scores_pickle(path)
+
+
 def test_pickle_with_other_globals_is_refused(tmp_path: Path) -> None:
-    numpy_scalar = _gz_pickle(tmp_path / "np.pkl.gz", {1: {2: np.float32(0.5)}})
-    with pytest.raises(UnsafePickleError, match="numpy"):
-        load_scores_pickle(numpy_scalar)
     a_set = _gz_pickle(tmp_path / "set.pkl.gz", {1: {2: 0.5}, 3: {4}})
     with pytest.raises(DataError, match=r"scores\[3\] is set"):
         load_scores_pickle(a_set)
