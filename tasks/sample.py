@@ -307,17 +307,22 @@ def _gzip(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """A tar member header without owner, time or mode variation: the same bytes every run."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
 def _tar_gz(members: dict[str, bytes]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(members):
-            info = tarfile.TarInfo(name)
-            info.size = len(members[name])
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(members[name]))
+            tar.addfile(tar_info(name, len(members[name])), io.BytesIO(members[name]))
     return _gzip(raw.getvalue())
 
 
