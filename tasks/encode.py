@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         out, cache = cfg.path("embeddings") / args.system, cfg.path("embedding_cache")
         # shards go to the Dask cluster (orchestration.dask_address) or local worker processes;
         # where they run never changes the bytes (a shard depends only on its spec)
-        with shard_executor(cfg.orchestration) as ex:
+        with shard_executor(cfg.orchestration, device=cfg.encode.device) as ex:  # 1 worker per GPU
             stats = run(
                 args.system, system, cfg.encode, parts, out, cache,
                 executor=None if isinstance(ex, InlineExecutor) else ex,

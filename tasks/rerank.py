@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.scaleout import executor
         from tasks.score import resolve_model
 
-        with executor(cfg.orchestration) as ex:
+        with executor(cfg.orchestration, device=cfg.cross_encoder.device) as ex:  # 1 worker per GPU
             for name in args.sets:
                 run(
                     cfg.candidates(name),

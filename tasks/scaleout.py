@@ -13,6 +13,18 @@ each shard to a module-level, pure function. This module decides where those cal
   cores (``OMP_NUM_THREADS`` = cores // workers), so N workers never run N x cores threads;
 - ``local_workers == 1`` -> in-process, one shard after another.
 
+Where the stage's model runs decides the local worker count (:func:`plan_local`; a stage passes
+its ``device`` param to :func:`executor`): on CPU, ``local_workers`` processes; on CUDA, one
+worker per visible GPU, at most ``local_workers`` of them, each pinned to its own GPU
+(``CUDA_VISIBLE_DEVICES`` set in the worker before anything can initialise CUDA, so it sees
+that GPU alone, as ``cuda:0``). One GPU (or ``local_workers: 1``) runs the shards in-process:
+every extra worker on a GPU would hold one more copy of the model in its memory and compete
+for the same compute. With more GPUs than ``local_workers``, the log line says how many sit
+idle and which setting to raise. BM25 mining (no model) passes no device: the CPU plan. The
+log says the plan in one line (``2 local workers on CPU, 1 thread(s) each``; ``1 worker per
+GPU: 4 workers on cuda:0..3, 4 CPU thread(s) each``). None of this changes a byte of output:
+a shard's result depends only on its spec, and :func:`map_ordered` keeps submission order.
+
 All three are ``concurrent.futures``-style (``submit(fn, *args)`` returning futures), and
 :func:`map_ordered` returns results in submission order whichever finishes first, so the
 outputs are identical wherever the shards ran. The scheduler address is deliberately not a
@@ -59,6 +71,7 @@ import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import cloudpickle
@@ -149,14 +162,43 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
 
 
+def _pin_gpu(gpus: tuple[str, ...], slot: Any) -> str:
+    """Give this worker the next GPU of ``gpus`` (``slot``: a shared counter) as its only one.
+
+    ``CUDA_VISIBLE_DEVICES`` is read once, when CUDA initialises in this process (the first
+    ``torch.cuda`` call that needs the driver, never ``import torch`` itself), so it is set
+    here, before any shard runs; a worker whose CUDA is already up would silently share the
+    first GPU, so it fails instead.
+    """
+    with slot.get_lock():
+        index = slot.value
+        slot.value += 1
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError(
+            "this shard worker initialised CUDA before it could be pinned to one GPU (a module its "
+            "parent's __main__ imports touches torch.cuda at import time?)"
+        )
+    gpu = gpus[index % len(gpus)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
 def _init_worker(
-    parent_pid: int, threads: int | None, initializer: Callable[..., object] | None, initargs: tuple
+    parent_pid: int,
+    threads: int | None,
+    initializer: Callable[..., object] | None,
+    initargs: tuple,
+    gpus: tuple[str, ...] = (),
+    slot: Any = None,
 ) -> None:
-    """Pool initializer: die with the parent, take this worker's share of cores, then the
-    caller's own initializer."""
+    """Pool initializer: die with the parent, take this worker's share of cores and its GPU,
+    then the caller's own initializer."""
     exit_with_parent(parent_pid)
     if threads is not None:
         _limit_threads(threads)
+    if gpus:
+        _pin_gpu(gpus, slot)
     if initializer is not None:
         initializer(*initargs)
 
@@ -217,17 +259,26 @@ def process_pool(
     threads: int | None = None,
     initializer: Callable[..., object] | None = None,
     initargs: tuple = (),
+    gpus: Sequence[str] = (),
 ) -> ProcessPoolExecutor:
     """A ``spawn`` process pool whose workers exit within a second of this process's death.
 
-    ``threads``: OpenMP/BLAS/torch threads per worker (``None``: leave as is). Every worker
-    runs :func:`exit_with_parent` before ``initializer(*initargs)``.
+    ``threads``: OpenMP/BLAS/torch threads per worker (``None``: leave as is). ``gpus``: one
+    ``CUDA_VISIBLE_DEVICES`` value per worker (empty: workers inherit this process's); worker
+    *i* started gets ``gpus[i]``, so each sees one GPU of its own. Every worker runs
+    :func:`exit_with_parent` before ``initializer(*initargs)``.
     """
+    ctx = _KeeperSpawnContext()
+    gpus = tuple(gpus)
+    if gpus and len(gpus) != max_workers:
+        raise ValueError(f"process_pool: {len(gpus)} GPU(s) for {max_workers} workers; give one per worker")
+    # a shared counter hands out the GPUs: the pool starts its workers one at a time, on demand
+    slot = ctx.Value("i", 0) if gpus else None
     return ProcessPoolExecutor(
         max_workers=max_workers,
-        mp_context=_KeeperSpawnContext(),
+        mp_context=ctx,
         initializer=_init_worker,
-        initargs=(os.getpid(), threads, initializer, initargs),
+        initargs=(os.getpid(), threads, initializer, initargs, gpus, slot),
     )
 
 
@@ -349,12 +400,129 @@ def describe(orch: Orchestration) -> str:
     return "in-process"
 
 
+@dataclass(frozen=True)
+class LocalPlan:
+    """Local shard workers: how many, their CPU threads, and the GPU each one sees."""
+
+    workers: int  # 1 = in this process
+    threads: int | None  # OpenMP/BLAS/torch threads per worker process; None in-process
+    gpus: tuple[str, ...]  # CUDA_VISIBLE_DEVICES of each worker; empty = not pinned
+    line: str  # what the log says
+
+
+def visible_gpus(n_gpus: int, cuda_visible_devices: str | None) -> tuple[str, ...]:
+    """The ``CUDA_VISIBLE_DEVICES`` value that names each of the ``n_gpus`` GPUs this process sees.
+
+    Unset: GPU *i* is ``"i"``. Set (``"2,3"``, or UUIDs): its entries, in order; CUDA ignores
+    everything from the first invalid entry on, which ``n_gpus`` (torch's count) already reflects.
+    """
+    if cuda_visible_devices is None:
+        return tuple(str(i) for i in range(n_gpus))
+    entries = tuple(e.strip() for e in cuda_visible_devices.split(",") if e.strip())
+    return entries[:n_gpus]
+
+
+def _gpu_list(gpus: tuple[str, ...]) -> str:
+    if gpus == tuple(str(i) for i in range(len(gpus))):
+        return f"cuda:0..{len(gpus) - 1}" if len(gpus) > 1 else "cuda:0"
+    return ("GPUs " if len(gpus) > 1 else "GPU ") + ",".join(gpus) + " (CUDA_VISIBLE_DEVICES)"
+
+
+def plan_local(
+    local_workers: int, device: str, n_gpus: int, cpus: int, visible: Sequence[str] | None = None
+) -> LocalPlan:
+    """Local shard workers for a stage whose model runs on ``device`` (``cpu`` | ``cuda``).
+
+    ``cpu``: ``local_workers`` processes sharing the ``cpus`` cores (1: in-process). ``cuda``:
+    one worker per GPU, at most ``local_workers`` (the most local processes the config allows),
+    each pinned to one GPU of ``visible`` (default ``"0"`` .. ``"n_gpus-1"``); a single worker
+    runs in-process on ``cuda:0``. No GPU visible: in-process (the stage itself then fails,
+    naming its ``device`` param, if it asked for ``cuda``).
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"plan_local: device must be cpu or cuda (resolved), got {device!r}")
+    if device == "cuda" and n_gpus < 1:
+        return LocalPlan(1, None, (), "in-process: the stage asks for cuda but no CUDA device is visible")
+    if device == "cpu":
+        if local_workers == 1:
+            return LocalPlan(1, None, (), "in-process on CPU")
+        threads = max(1, cpus // local_workers)
+        return LocalPlan(
+            local_workers, threads, (), f"{local_workers} local workers on CPU, {threads} thread(s) each"
+        )
+    gpus = tuple(visible if visible is not None else visible_gpus(n_gpus, None))[:n_gpus]
+    if len(gpus) < n_gpus:
+        raise ValueError(f"plan_local: {n_gpus} GPUs but only {len(gpus)} CUDA_VISIBLE_DEVICES entries")
+    workers = min(local_workers, n_gpus)
+    idle = ""
+    if n_gpus > workers:
+        idle = (
+            f"; {n_gpus - workers} of {n_gpus} visible GPUs idle: orchestration.local_workers is "
+            f"{local_workers}, set it to {n_gpus} to use them all"
+        )
+    if workers == 1:
+        return LocalPlan(1, None, (), f"in-process on {_gpu_list(gpus[:1])} (one model copy){idle}")
+    threads = max(1, cpus // workers)
+    return LocalPlan(
+        workers,
+        threads,
+        gpus[:workers],
+        f"1 worker per GPU: {workers} workers on {_gpu_list(gpus[:workers])}, {threads} CPU thread(s) "
+        f"each{idle}",
+    )
+
+
+def resolved_device(device: str | None) -> str:
+    """``cpu`` or ``cuda``: where a stage with this ``device`` param runs its model.
+
+    The rule of :func:`tasks.accel.resolve` (``auto`` = CUDA when torch sees a GPU), without its
+    side effects (dtype, threads, log line); ``None`` (a stage without a model) is ``cpu``.
+    """
+    if device in (None, "cpu"):
+        return "cpu"
+    if device not in ("auto", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda":
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_plan(orch: Orchestration, device: str | None = None) -> LocalPlan:
+    """:func:`plan_local` for this machine: its cores, its visible GPUs, ``orch.local_workers``."""
+    dev = resolved_device(device)
+    n_gpus = 0
+    if dev == "cuda":
+        import torch
+
+        n_gpus = torch.cuda.device_count()  # honours CUDA_VISIBLE_DEVICES; torch's CUDA state stays lazy
+    visible = visible_gpus(n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return plan_local(orch.local_workers, dev, n_gpus, cpu_count(), visible)
+
+
 @contextlib.contextmanager
-def executor(orch: Orchestration, *, timeout_s: float = 30.0) -> Iterator[Executor]:
+def local_executor(plan: LocalPlan) -> Iterator[Executor]:
+    """The executor of ``plan``: in-process, or a :func:`process_pool` (its workers pinned to
+    their GPUs); shut down afterwards."""
+    if plan.workers > 1:
+        with process_pool(plan.workers, threads=plan.threads, gpus=plan.gpus) as ex:
+            yield ex
+    else:
+        yield InlineExecutor()
+
+
+@contextlib.contextmanager
+def executor(
+    orch: Orchestration, *, device: str | None = None, timeout_s: float = 30.0
+) -> Iterator[Executor]:
     """Yield the executor selected by ``orch`` and shut it down afterwards.
 
-    With a Dask address, connecting waits at most ``timeout_s`` and fails with a message
-    naming ``orchestration.dask_address`` if no scheduler answers.
+    ``device``: the stage's model ``device`` param (``auto`` | ``cpu`` | ``cuda``; ``None`` for a
+    stage without a model); locally it decides the worker count (:func:`plan_local`), on Dask
+    nothing (the cluster's workers are what they are). With a Dask address, connecting waits at
+    most ``timeout_s`` and fails with a message naming ``orchestration.dask_address`` if no
+    scheduler answers.
     """
     if orch.dask_address:
         from distributed import Client
@@ -375,12 +543,11 @@ def executor(orch: Orchestration, *, timeout_s: float = 30.0) -> Iterator[Execut
                 yield readdress_main(ex)
         finally:
             client.close()
-    elif orch.local_workers > 1:
-        threads = max(1, cpu_count() // orch.local_workers)
-        with process_pool(orch.local_workers, threads=threads) as ex:
-            yield ex
     else:
-        yield InlineExecutor()
+        plan = local_plan(orch, device)
+        log.info("shard work: %s", plan.line)
+        with local_executor(plan) as ex:
+            yield ex
 
 
 def map_ordered(
@@ -462,8 +629,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        orch = load_config(args.params).orchestration
+        cfg = load_config(args.params)
+        orch = cfg.orchestration
         log.info("shard work runs on: %s", describe(orch))
+        if not orch.dask_address:  # locally, the worker count depends on where each model runs
+            for stages, key, device in (
+                ("encode", "encode.device", cfg.encode.device),
+                ("score, ce_rerank", "cross_encoder.device", cfg.cross_encoder.device),
+            ):
+                log.info("%s (%s: %s): %s", stages, key, device, local_plan(orch, device).line)
         if args.ping:
             _ping(orch, args.timeout)
     except ConfigError as exc:

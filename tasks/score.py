@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     def work(cfg: Config) -> None:
         from tasks.scaleout import executor
 
-        with executor(cfg.orchestration) as ex:
+        with executor(cfg.orchestration, device=cfg.cross_encoder.device) as ex:  # 1 worker per GPU
             run(
                 cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
                 cfg.input_path("collection"),
