@@ -334,7 +334,7 @@ def pipeline(
 
     Args:
         params: the params file DVC and the stages read (relative to the project root).
-        profile: when set, compose ``params.yaml`` for this profile first (sample | msmarco).
+        profile: when set, compose ``params.yaml`` for this profile first (sample | msmarco | scale).
         stages: run only these stages (and what they depend on); default all.
         force: re-run stages even if DVC finds them up to date.
         root: the project checkout to run in (default: the one this flow lives in).

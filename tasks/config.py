@@ -232,6 +232,11 @@ class Search(Section):
     ivf_nprobe: PositiveInt = 32
     pq_m: PositiveInt = 48
     query_chunk: PositiveInt = 1024
+    memory_mb: PositiveInt = Field(
+        4096,
+        description="flat search: float32 corpus held at once (host RAM on CPU, GPU memory on CUDA); "
+        "a larger corpus streams past the queries in blocks of whole shards, each prepared once",
+    )
 
 
 class Mine(Section):
@@ -341,7 +346,7 @@ class Orchestration(Section):
 
 # --------------------------------------------------------------------------- root
 class Config(Section):
-    profile: Literal["sample", "msmarco"]
+    profile: Literal["sample", "msmarco", "scale"]
     seed: int = 13
     paths: Paths
     sources: dict[str, Source]
@@ -477,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: python -m tasks.config use msmarco && dvc repro",
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    use = sub.add_parser("use", help="write params.yaml for a profile (sample | msmarco)")
+    use = sub.add_parser(
+        "use",
+        help="write params.yaml for a profile (sample | msmarco | scale; for scale, generate its data "
+        "and profile first: python -m tasks.scale_data --passages N)",
+    )
     use.add_argument("profile")
     use.add_argument("--output", type=Path, default=PARAMS)
     chk = sub.add_parser("check", help="validate params.yaml and report the active profile")
