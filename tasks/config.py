@@ -61,6 +61,17 @@ class Paths(Section):
     exports: str = Field(description="training-ready exports")
     metrics: str = Field(description="DVC metrics (JSON) and plots data")
     report: str = Field(description="human-readable evaluation report with PNG figures")
+    hf: str = Field(
+        description="Hugging Face dataset folders in the published layouts (tasks.hf_export), one per "
+        "dataset; when params.yaml does not name it: hf/ beside paths.out"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_beside_out(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "hf" not in data and isinstance(data.get("out"), str):
+            return {**data, "hf": f"{data['out'].rstrip('/').rpartition('/')[0] or '.'}/hf"}
+        return data
 
 
 class Source(Section):
@@ -285,6 +296,22 @@ class Export(Section):
     systems: list[str] | Literal["all"] = Field("all", description="systems to draw from; all = every one")
 
 
+class HfExport(Section):
+    """Hugging Face datasets in sentence-transformers' published layouts (``tasks.hf_export``)."""
+
+    systems: list[str] | Literal["all"] = Field("all", description="systems exported; all = every one")
+    margin: NonNegFloat = Field(
+        3.0, description="triplet-hard keeps a negative when CE(pos) - CE(neg) > margin (published: 3.0)"
+    )
+    negatives: PositiveInt = Field(
+        50, description="negative columns of triplet-<n> (published: 50); a query with fewer has no row"
+    )
+    shard_mb: Annotated[float, Field(gt=0)] = Field(
+        1024.0,
+        description="uncompressed MB of rows per Parquet file; more start the next train-NNNNN-of-NNNNN file",
+    )
+
+
 class Evaluate(Section):
     """MRR@10 and NDCG@10 keep their official cut-offs; these are the knobs around them."""
 
@@ -303,6 +330,22 @@ class Evaluate(Section):
     score_bins: PositiveInt = Field(50, description="histogram bins of cross-encoder scores (pos vs neg)")
 
 
+class Parity(Section):
+    """The parity stage: this run's hard negatives and CE scores beside another run's (or the
+    published files). All null = the stage writes a note and compares nothing."""
+
+    reference_negatives: str | None = Field(
+        None, description="the other run's msmarco-hard-negatives.jsonl.gz (relative to the project root "
+        "or absolute); null = negatives not compared",
+    )  # fmt: skip
+    reference_scores: str | None = Field(
+        None, description="the other run's score pickle (*.pkl.gz), ce-scores.parquet or scores directory; "
+        "null = scores not compared",
+    )  # fmt: skip
+    reference_label: str = Field("reference", min_length=1, description="the other run's name in the report")
+    k: PositiveInt = Field(50, description="list depth of overlap@k and Jaccard")
+
+
 class Remote(Section):
     """The DVC remote that ``refresh`` pushes to and a second machine pulls from.
 
@@ -318,7 +361,11 @@ class Remote(Section):
 
 class Orchestration(Section):
     dask_address: str | None = Field(None, description="tcp://host:8786 to scale out; null = local")
-    local_workers: PositiveInt = Field(2, description="local processes for shard work; 1 = in-process")
+    local_workers: PositiveInt = Field(
+        2,
+        description="local processes for shard work on CPU; 1 = in-process. A stage whose model runs on "
+        "CUDA starts one worker per visible GPU, at most this many (one GPU: in-process, one model copy)",
+    )
     remote: Remote = Remote()
     check_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="per-request timeout of the refresh flow's upstream HEAD checks"
@@ -363,6 +410,8 @@ class Config(Section):
     denoise: Denoise = Denoise()
     export: Export = Export()
     evaluate: Evaluate = Evaluate()
+    hf_export: HfExport = HfExport()
+    parity: Parity = Parity()
     orchestration: Orchestration = Orchestration()
 
     @model_validator(mode="after")
