@@ -62,16 +62,8 @@ class Paths(Section):
     metrics: str = Field(description="DVC metrics (JSON) and plots data")
     report: str = Field(description="human-readable evaluation report with PNG figures")
     hf: str = Field(
-        description="Hugging Face dataset folders in the published layouts (tasks.hf_export), one per "
-        "dataset; when params.yaml does not name it: hf/ beside paths.out"
+        description="Hugging Face dataset folders in the published layouts (tasks.hf_export), one per dataset"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _hf_beside_out(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "hf" not in data and isinstance(data.get("out"), str):
-            return {**data, "hf": f"{data['out'].rstrip('/').rpartition('/')[0] or '.'}/hf"}
-        return data
 
 
 class Source(Section):

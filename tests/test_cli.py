@@ -19,6 +19,7 @@ STAGES = [
     ("rerank", []),
     ("denoise", []),
     ("export", []),
+    ("hf_export", []),
 ]
 
 
@@ -31,7 +32,9 @@ def test_missing_params_is_exit_2_naming_the_file(stage, extra, tmp_path: Path, 
     assert f"{missing}: no such params file" in caplog.text
 
 
-@pytest.mark.parametrize(("stage", "extra"), [s for s in STAGES if s[0] in ("merge", "denoise", "export")])
+@pytest.mark.parametrize(
+    ("stage", "extra"), [s for s in STAGES if s[0] in ("merge", "denoise", "export", "hf_export")]
+)
 def test_missing_input_is_exit_1_naming_it(stage, extra, tmp_path: Path, caplog):
     """A valid params file whose data paths point into an empty directory."""
     import yaml
