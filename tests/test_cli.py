@@ -20,6 +20,7 @@ STAGES = [
     ("denoise", []),
     ("export", []),
     ("hf_export", []),
+    ("parity", []),
 ]
 
 
