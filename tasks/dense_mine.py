@@ -10,11 +10,17 @@ Reads ``paths.embeddings/<system>/`` (from ``tasks.encode``) and writes
   ``top1000.dev`` with ``evaluate.dev_candidates: top1000``) re-scored by this model;
 - ``paths.metrics/mine-<system>.json``: counts and queries/s.
 
-Search (``search.index``): ``flat`` is exact inner product (FAISS ``IndexFlatIP`` per corpus
-shard on CPU; chunked torch matmul on CUDA), ``hnsw`` and ``ivfpq`` are approximate FAISS
-indexes for large CPU runs. Vectors are L2-normalised for ``score: cos`` systems. Memory stays
-bounded: queries go in chunks of ``search.query_chunk`` and exact search visits one corpus shard
-at a time, merging per-shard top-k (never a full queries x corpus matrix).
+Search (``search.index``): ``flat`` is exact inner product (:func:`search_sets`), ``hnsw`` and
+``ivfpq`` are approximate FAISS indexes, built once per system. Vectors are L2-normalised for
+``score: cos`` systems. Flat search makes ONE pass over the corpus per system: blocks of whole
+shards of at most ``search.memory_mb`` float32 (the whole corpus when it fits) are each read,
+converted and normalised once and, on CUDA, uploaded once; every query chunk
+(``search.query_chunk``) of the training, dev and DL19 sets then streams past the block, and the
+re-ranking candidates' vectors are gathered on the way. Per query the float32 matmul keeps the
+best few more than k, rescored in float64 while their block is resident; results are ranked by
+the float64 score rounded to float32, ties by pid, identical on CPU and CUDA, for any block size,
+tile, thread count or BLAS (an error bound decides when a query must be searched again). Memory:
+one block, the queries, and per query k + a margin candidates (never a queries x corpus matrix).
 
 A system skipped at encode time writes a zero-row hits file with Parquet metadata
 ``skipped=<reason>`` and no runs (its runs directory holds only ``SKIPPED.txt``).
@@ -24,10 +30,15 @@ A system skipped at encode time writes a zero-row hits file with Parquet metadat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +46,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tasks.accel import DevicePref, configure_threads, resolve
+from tasks.accel import DevicePref, configure_threads, cpu_count, resolve
 from tasks.cli import run_stage, stage_parser
 from tasks.config import DenseSystem, Mine, Search
 from tasks.encode import Embeddings, load_part, read_manifest
@@ -47,8 +58,18 @@ log = logging.getLogger(__name__)
 EVAL_SETS = ("dev", "dl19")
 
 
-# --------------------------------------------------------------------------- search
+# --------------------------------------------------------------------------- exact search
+MAX_PID = np.iinfo(np.int64).max
+DEVICES = ("cpu", "cuda", "torch-cpu")
+CPU_TILE_ROWS = (
+    512  # corpus rows per CPU matmul: x 1024 queries = 2 MiB of float32 scores, in cache when scanned
+)
+CUDA_TILE_ROWS = 65536
+DEFAULT_MEMORY_MB = 4096  # search.memory_mb
+
+
 def _prep(vectors: np.ndarray, normalize: bool) -> np.ndarray:
+    """float32, L2-normalised for cos systems; row by row, so a row's values never depend on its batch."""
     out = np.ascontiguousarray(vectors, dtype=np.float32)
     if normalize:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -60,12 +81,6 @@ def _order(scores: np.ndarray, pids: np.ndarray, k: int) -> tuple[np.ndarray, np
     """Per row, the first ``k`` by score descending then pid ascending."""
     idx = np.lexsort((pids, -scores), axis=-1)[:, :k]
     return np.take_along_axis(scores, idx, 1), np.take_along_axis(pids, idx, 1)
-
-
-def _exact_rows(q: np.ndarray, c: np.ndarray, cids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference exact top-k of a few rows (numpy), ties by pid."""
-    s = q @ c.T
-    return _order(s, np.broadcast_to(cids, s.shape), k)
 
 
 def _faiss():
@@ -82,57 +97,447 @@ def _faiss():
     return faiss
 
 
-def _shard_topk_cpu(q: np.ndarray, c: np.ndarray, cids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
-    index = faiss.IndexFlatIP(c.shape[1])
-    index.add(c)
-    kk = min(k + 1, len(c))
-    scores, idx = index.search(q, kk)
-    pids = cids[idx]
-    if kk > k:  # the k-th and (k+1)-th tie: the cut is ambiguous; settle those rows exactly
-        ambiguous = np.flatnonzero(scores[:, k - 1] == scores[:, k])
-        scores, pids = _order(scores, pids, k)
-        for r in ambiguous:
-            scores[r], pids[r] = (a[0] for a in _exact_rows(q[r : r + 1], c, cids, k))
-        return scores, pids
-    return _order(scores, pids, k)
+def fp32_dot_error(dim: int) -> float:
+    """``e`` with ``|fl32(q.c) - q.c| <= e |q| |c|`` for any summation order, plus float64's own.
+
+    gamma_d = d u / (1 - d u) bounds a float32 dot product of length d however a BLAS or cuBLAS
+    splits and orders the sum (Higham, *Accuracy and Stability of Numerical Algorithms*, 3.1),
+    and by Cauchy-Schwarz sum |q_i c_i| <= |q| |c|. The float64 term covers the exact rescoring.
+    """
+    u32, u64 = 2.0**-24, 2.0**-53
+    return dim * u32 / (1 - dim * u32) + dim * u64 / (1 - dim * u64)
 
 
-def _shard_topk_cuda(q: np.ndarray, c: np.ndarray, cids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
+def _norms64(x: np.ndarray) -> np.ndarray:
+    out = np.empty(len(x))
+    for a in range(0, len(x), 16384):
+        out[a : a + 16384] = np.linalg.norm(x[a : a + 16384].astype(np.float64), axis=1)
+    return out
 
-    qt = torch.from_numpy(q).to("cuda")
-    ct = torch.from_numpy(c).to("cuda")
-    kk = min(k + 1, len(c))
-    scores_t, idx_t = torch.topk(qt @ ct.T, kk, dim=1)
-    scores, idx = scores_t.cpu().numpy(), idx_t.cpu().numpy()
-    pids = cids[idx]
-    if kk > k:
-        ambiguous = np.flatnonzero(scores[:, k - 1] == scores[:, k])
-        scores, pids = _order(scores, pids, k)
-        for r in ambiguous:
-            scores[r], pids[r] = (a[0] for a in _exact_rows(q[r : r + 1], c, cids, k))
-        return scores, pids
-    return _order(scores, pids, k)
+
+def _max_norm(x: np.ndarray) -> float:
+    """An upper bound of the largest row norm (float32 sums of squares, widened by their error)."""
+    if not len(x):
+        return 0.0
+    sq = max(
+        float(np.einsum("ij,ij->i", x[a : a + 65536], x[a : a + 65536]).max())
+        for a in range(0, len(x), 65536)
+    )
+    return float(np.sqrt(sq * (1 + 2 * fp32_dot_error(x.shape[1]))))
+
+
+def _pids(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.where(rows >= 0, ids[np.maximum(rows, 0)], MAX_PID)
+
+
+class _NumpyBackend:
+    """``cpu``: one single-threaded sgemm per (corpus tile x query chunk), query chunks in parallel.
+
+    ``workers`` threads each take whole query chunks (numpy and BLAS release the GIL), so the
+    threshold scan runs on every core and no BLAS thread pool synchronises per tile. A tile is
+    (corpus rows x queries): the per-query threshold then broadcasts along contiguous rows.
+    """
+
+    def __init__(self, workers: int, tile_rows: int):
+        self.workers, self.tile_rows = max(1, workers), tile_rows
+        self._local = threading.local()
+
+    def context(self) -> contextlib.AbstractContextManager:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, user_api="blas")
+
+    def block(self, c: np.ndarray) -> np.ndarray:
+        return c
+
+    def queries(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return q.astype(np.float64), np.ascontiguousarray(q.T)
+
+    def _buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf[0]) < size:
+            buf = self._local.buf = (np.empty(size, np.float32), np.empty(size, bool))
+        return buf
+
+    def candidates(self, qh, bh, lo: int, hi: int, thr: np.ndarray, kth: int):
+        qt = qh[1]
+        m, w = qt.shape[1], hi - lo
+        scores, mask = self._buffers(w * m)
+        tile = scores[: w * m].reshape(w, m)
+        np.dot(bh[lo:hi], qt, out=tile)
+        if kth:
+            thr = np.maximum(thr, np.partition(tile, w - kth, axis=0)[w - kth])
+        hit = mask[: w * m].reshape(w, m)
+        np.greater_equal(tile, thr, out=hit)
+        flat = np.flatnonzero(hit)
+        col, qi = np.divmod(flat, m)
+        return qi, col, tile.ravel()[flat]
+
+    def exact(self, qh, bh, qi: np.ndarray, col: np.ndarray) -> np.ndarray:
+        q64 = qh[0]
+        out = np.empty(len(qi))
+        for a in range(0, len(qi), 8192):
+            i, j = qi[a : a + 8192], col[a : a + 8192]
+            out[a : a + 8192] = np.einsum("ij,ij->i", q64[i], bh[j], dtype=np.float64)
+        return out
+
+
+class _TorchBackend:
+    """``cuda``: the block is uploaded once and stays on the GPU while every query chunk passes;
+    ``torch-cpu`` runs the same code on the CPU (so the tests exercise it without a GPU)."""
+
+    workers = 1
+
+    def __init__(self, device: str, tile_rows: int, threads: int):
+        import torch
+
+        self.torch, self.device, self.tile_rows, self.threads = (
+            torch,
+            torch.device(device),
+            tile_rows,
+            threads,
+        )
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        torch = self.torch
+        old, old_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+        torch.set_float32_matmul_precision("highest")  # no TF32: the fp32 error bound must hold
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(old)
+            torch.set_num_threads(old_threads)
+
+    def block(self, c: np.ndarray):
+        try:
+            return self.torch.from_numpy(c).to(self.device)
+        except self.torch.cuda.OutOfMemoryError as exc:
+            mb = c.nbytes / 2**20
+            raise ValueError(
+                f"a {mb:,.0f} MiB corpus block does not fit on {self.device}: lower search.memory_mb"
+            ) from exc
+
+    def queries(self, q: np.ndarray):
+        return self.torch.from_numpy(q).to(self.device)
+
+    def candidates(self, qh, bh, lo: int, hi: int, thr: np.ndarray, kth: int):
+        torch = self.torch
+        tile = qh @ bh[lo:hi].T
+        t = torch.from_numpy(thr).to(self.device)
+        if kth:
+            t = torch.maximum(t, torch.topk(tile, kth, dim=1).values[:, -1])
+        qi, col = torch.nonzero(tile >= t[:, None], as_tuple=True)
+        return qi.cpu().numpy(), col.cpu().numpy(), tile[qi, col].cpu().numpy()
+
+    def exact(self, qh, bh, qi: np.ndarray, col: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        out = np.empty(len(qi))
+        for a in range(0, len(qi), 65536):
+            i = torch.from_numpy(qi[a : a + 65536]).to(self.device)
+            j = torch.from_numpy(col[a : a + 65536]).to(self.device)
+            out[a : a + 65536] = (qh[i].double() * bh[j].double()).sum(dim=1).cpu().numpy()
+        return out
+
+
+def _backend(device: str, threads: int, tile_rows: int | None) -> _NumpyBackend | _TorchBackend:
+    if device == "cpu":
+        return _NumpyBackend(threads, tile_rows or CPU_TILE_ROWS)
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("exact search device 'cuda': torch.cuda.is_available() is False")
+        return _TorchBackend("cuda", tile_rows or CUDA_TILE_ROWS, threads)
+    if device == "torch-cpu":
+        return _TorchBackend("cpu", tile_rows or CPU_TILE_ROWS, threads)
+    raise ValueError(f"exact search device {device!r}: expected one of {', '.join(DEVICES)}")
+
+
+@dataclass
+class _Pool:
+    """One query set's running candidates: per query the best ``width`` by (score desc, pid asc).
+
+    Main pass: ``score`` is the float32 matmul score and ``exact`` the float64 rescoring (NaN until
+    the row's block rescored it). Settle pass: ``floor`` is a fixed float32 threshold per query and
+    ``score`` is already the exact score rounded to float32.
+    """
+
+    q: np.ndarray  # prepared queries, float32
+    k: int
+    score: np.ndarray  # (queries, width)
+    row: np.ndarray  # corpus row, -1 = empty
+    exact: np.ndarray  # float64
+    floor: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, q: np.ndarray, k: int, width: int, floor: np.ndarray | None = None) -> _Pool:
+        shape = (len(q), width)
+        return cls(
+            q, k, np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64),
+            np.full(shape, np.nan), floor,
+        )  # fmt: skip
+
+
+def _desc_key(qi: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """One uint64 per entry ordering by query ascending, then float32 score descending."""
+    bits = np.ascontiguousarray(score, dtype=np.float32).view(np.uint32)
+    asc = bits ^ np.where(bits >> 31, np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    return (qi.astype(np.uint64) << np.uint64(32)) | (~asc).astype(np.uint64)
+
+
+def _merge(pool: _Pool, sl: slice, found: list[tuple[np.ndarray, ...]], ids: np.ndarray) -> None:
+    """Fold candidates ``(query in sl, score, corpus row, exact)`` into the pool rows of ``sl``.
+
+    Main pass: the best ``width`` float32 scores, equal scores in any order (the pool only has to
+    hold every passage above its last score; the final order comes from the exact scores).
+    Settle pass: by (score desc, pid asc), the final order.
+    """
+    if not found:
+        return
+    qi, score, rows, exact = (np.concatenate(col) for col in zip(*found, strict=True))
+    if not len(qi):
+        return
+    s, r, x = pool.score[sl], pool.row[sl], pool.exact[sl]
+    n_rows, w = s.shape
+    counts = np.bincount(qi, minlength=n_rows)
+    touched = np.flatnonzero(counts)
+    local = np.cumsum(counts > 0)[qi] - 1
+    n = len(touched)
+    key_q = np.concatenate([np.repeat(np.arange(n), w), local])
+    all_s = np.concatenate([s[touched].ravel(), score])
+    all_r = np.concatenate([r[touched].ravel(), rows])
+    all_x = np.concatenate([x[touched].ravel(), exact])
+    if pool.floor is None:
+        order = np.argsort(_desc_key(key_q, all_s))
+    else:
+        order = np.lexsort((_pids(all_r, ids), -all_s, key_q))
+    first = np.searchsorted(key_q[order], np.arange(n))
+    pick = order[(first[:, None] + np.arange(w)).ravel()]
+    s[touched], r[touched], x[touched] = (a[pick].reshape(n, w) for a in (all_s, all_r, all_x))
+
+
+def _sweep(be, pool: _Pool, sl: slice, bh, b0: int, rows: int, ids: np.ndarray) -> None:
+    """One query chunk past one resident block, tile by tile; candidates merged lazily."""
+    qh = be.queries(pool.q[sl])
+    m, w = sl.stop - sl.start, pool.score.shape[1]
+    settle = pool.floor is not None
+    thr = pool.floor[sl] if pool.floor is not None else pool.score[sl, -1].copy()
+    found: list[tuple[np.ndarray, ...]] = []
+    pending = 0
+    for lo in range(0, rows, be.tile_rows):
+        hi = min(lo + be.tile_rows, rows)
+        # a query without `width` candidates yet takes the tile's own width-th score as threshold
+        kth = w if not settle and hi - lo >= w and np.isneginf(thr).any() else 0
+        qi, col, score = be.candidates(qh, bh, lo, hi, thr, kth)
+        if settle:
+            exact = be.exact(qh, bh, qi, col + lo)
+            score = exact.astype(np.float32)
+        else:
+            exact = np.full(len(qi), np.nan)
+        found.append((qi, score, col + (b0 + lo), exact))
+        pending += len(qi)
+        if pending >= m * w:  # a stale threshold only lets more through: merge when it pays
+            _merge(pool, sl, found, ids)
+            found, pending = [], 0
+            if not settle:
+                thr = pool.score[sl, -1].copy()
+    _merge(pool, sl, found, ids)
+    if not settle:  # rescore this block's entrants exactly while the block is resident
+        ex, row = pool.exact[sl], pool.row[sl]
+        qi, j = np.nonzero(np.isnan(ex) & (row >= 0))
+        if len(qi):
+            ex[qi, j] = be.exact(qh, bh, qi, row[qi, j] - b0)
+
+
+def _plan_blocks(corpus: Embeddings, memory_mb: float) -> list[list[int]]:
+    """Shard row counts grouped into blocks of at most ``memory_mb`` of float32 (at least one shard)."""
+    max_rows = max(1, int(memory_mb * 2**20) // (4 * corpus.dim))
+    groups: list[list[int]] = []
+    rows = 0
+    for entry in corpus.shards:
+        if not groups or rows + entry["rows"] > max_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(entry["rows"])
+        rows += entry["rows"]
+    return groups
+
+
+def _blocks(corpus: Embeddings, normalize: bool, groups: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, prepared float32 block)`` per group, each shard read and prepared once."""
+    shards = corpus.iter_shards()
+    b0 = 0
+    for group in groups:
+        block = np.empty((sum(group), corpus.dim), dtype=np.float32)
+        at = 0
+        for _ in group:
+            _, vec = next(shards)
+            block[at : at + len(vec)] = vec  # float16 -> float32 in place
+            if normalize:
+                block[at : at + len(vec)] = _prep(block[at : at + len(vec)], True)
+            at += len(vec)
+        yield b0, block
+        del block  # before the next block is allocated
+        b0 += at
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[tuple[np.ndarray, np.ndarray]]  # per query set: scores float32, pids int64, (n, k)
+    gathered: np.ndarray | None  # prepared float32 corpus rows of ``gather``, in its order
+    blocks: int
+    settled: int  # queries whose float32 margin was too thin, searched again exactly
+
+
+def search_sets(
+    sets: Sequence[tuple[np.ndarray, int]],
+    corpus: Embeddings,
+    normalize: bool,
+    *,
+    query_chunk: int,
+    device: str = "cpu",
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    threads: int | None = None,
+    gather: np.ndarray | None = None,
+    tile_rows: int | None = None,
+) -> SearchResult:
+    """Exact top-``k`` of several query sets ``(vectors, k)`` in one pass over the corpus.
+
+    The corpus is read in blocks of whole shards of at most ``memory_mb`` float32 (one block when
+    it fits), each block prepared once (float32, normalised for cos) and, on CUDA, uploaded once;
+    every query chunk of every set then passes it. Per tile of ``tile_rows`` corpus rows a float32
+    matmul keeps each query's candidates at or above its running ``width``-th score (``width`` =
+    k + a margin); the candidates of a block are rescored in float64 while it is resident.
+
+    Result per query: the ``k`` best by (float32 of the float64 score desc, pid asc), the same on
+    every device, BLAS, tile shape and thread count. A query is final when the float32 error bound
+    (:func:`fp32_dot_error`) separates its k-th exact score from everything left out; otherwise
+    (ties or near-ties across the margin) it is searched again with a fixed threshold below which
+    no top-k passage can score, every candidate rescored exactly (counted in ``settled``).
+
+    ``device``: ``cpu`` (numpy/BLAS, ``threads`` workers), ``cuda`` (torch), ``torch-cpu`` (the CUDA
+    code on the CPU, for tests). ``gather``: corpus rows whose prepared vectors to return.
+    """
+    n = len(corpus.ids)
+    be = _backend(device, threads or cpu_count(), tile_rows)
+    pools = []
+    for vectors, k in sets:
+        k = min(k, n)
+        pools.append(_Pool.empty(_prep(vectors, normalize), k, min(k + max(8, k // 16), n)))
+    gathered = None if gather is None else np.empty((len(gather), corpus.dim), dtype=np.float32)
+    groups = _plan_blocks(corpus, memory_mb)
+    cmax = 0.0
+    resident = None
+    tasks = sum(-(-len(p.q) // query_chunk) for p in pools if p.k) * len(groups)
+    with be.context(), tqdm(total=tasks, desc="exact search", unit="chunk", dynamic_ncols=True) as bar:
+        for b0, block in _blocks(corpus, normalize, groups):
+            cmax = max(cmax, _max_norm(block))
+            if gather is not None and gathered is not None:
+                at = np.flatnonzero((gather >= b0) & (gather < b0 + len(block)))
+                gathered[at] = block[gather[at] - b0]
+            bh = be.block(block)
+            _pass(be, pools, bh, b0, len(block), corpus.ids, query_chunk, bar)
+            if len(groups) == 1:  # kept for the settle pass
+                resident = (b0, len(block), bh)
+            del bh, block
+        hits, redo = [], []
+        err = fp32_dot_error(corpus.dim)
+        for pool in pools:
+            scores, pids, unsure = _finish(pool, corpus.ids, err, cmax, n)
+            hits.append((scores, pids))
+            redo.append(unsure)
+        settled = int(sum(len(u) for u in redo))
+        if settled:
+            _settle(be, pools, hits, redo, corpus, normalize, groups, resident, query_chunk, err, cmax)
+    log.info(
+        "exact search: %d query set(s), %d queries over %d passages in %d block(s); %d settled exactly",
+        len(pools), sum(len(p.q) for p in pools), n, len(groups), settled,
+    )  # fmt: skip
+    return SearchResult(hits, gathered, len(groups), settled)
+
+
+def _pass(be, pools: list[_Pool], bh, b0: int, rows: int, ids: np.ndarray, chunk: int, bar=None) -> None:
+    """Every query chunk of every pool past one resident block (``be.workers`` at a time)."""
+    jobs = [(p, slice(a, min(a + chunk, len(p.q)))) for p in pools if p.k for a in range(0, len(p.q), chunk)]
+
+    def job(item: tuple[_Pool, slice]) -> None:
+        _sweep(be, item[0], item[1], bh, b0, rows, ids)
+        if bar is not None:
+            bar.update()
+
+    if be.workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(be.workers) as pool:
+            list(pool.map(job, jobs))
+    else:
+        for item in jobs:
+            job(item)
+
+
+def _finish(pool: _Pool, ids: np.ndarray, err: float, cmax: float, n: int):
+    """Top-k by (float32 of the exact score desc, pid asc), and the queries it cannot vouch for."""
+    score = np.where(pool.row >= 0, pool.exact, -np.inf).astype(np.float32)
+    pids = _pids(pool.row, ids)
+    idx = np.lexsort((pids, -score), axis=-1)[:, : pool.k]
+    top_s, top_p = np.take_along_axis(score, idx, 1), np.take_along_axis(pids, idx, 1)
+    if pool.floor is not None or pool.score.shape[1] >= n or not pool.k:  # nothing was left out
+        return top_s, top_p, np.zeros(0, dtype=np.int64)
+    # a passage left out scored <= the pool's last float32 score, so exactly <= last + margin
+    margin = err * _norms64(pool.q) * cmax
+    reach = (pool.score[:, -1].astype(np.float64) + margin).astype(np.float32)
+    return top_s, top_p, np.flatnonzero(~(reach < top_s[:, -1]))
+
+
+def _settle(be, pools, hits, redo, corpus, normalize, groups, resident, chunk, err, cmax) -> None:
+    """Search the unsure queries again: every passage at or above a floor, rescored exactly."""
+    again = []
+    for pool, (scores, _), rows in zip(pools, hits, redo, strict=True):
+        q = pool.q[rows]
+        # a top-k passage rounds to >= the k-th score, so its exact score is > the float32 below
+        # it, and its float32 score at least that minus the bound
+        below = np.nextafter(scores[rows, -1], np.float32(-np.inf)).astype(np.float64)
+        floor = np.nextafter((below - err * _norms64(q) * cmax).astype(np.float32), np.float32(-np.inf))
+        again.append(_Pool.empty(q, pool.k, pool.k, floor.astype(np.float32)))
+    if resident is not None:
+        _pass(be, again, resident[2], resident[0], resident[1], corpus.ids, chunk)
+    else:
+        for b0, block in _blocks(corpus, normalize, groups):
+            _pass(be, again, be.block(block), b0, len(block), corpus.ids, chunk)
+    for (scores, pids), rows, pool in zip(hits, redo, again, strict=True):
+        scores[rows], pids[rows] = pool.score[:, : pool.k], _pids(pool.row[:, : pool.k], corpus.ids)
 
 
 def exact_search(
-    queries: np.ndarray, corpus: Embeddings, k: int, normalize: bool, query_chunk: int, device: str = "cpu"
+    queries: np.ndarray,
+    corpus: Embeddings,
+    k: int,
+    normalize: bool,
+    query_chunk: int,
+    device: str = "cpu",
+    *,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` (scores, pids) per query; ties by pid; one corpus shard in memory at a time."""
-    k = min(k, len(corpus.ids))
-    topk = _shard_topk_cuda if device == "cuda" else _shard_topk_cpu
-    q_all = _prep(queries, normalize)
-    best_s = np.full((len(q_all), k), -np.inf, dtype=np.float32)
-    best_p = np.full((len(q_all), k), np.iinfo(np.int64).max, dtype=np.int64)
-    for cids, vec in corpus.iter_shards():
-        c = _prep(vec, normalize)
-        kk = min(k, len(c))
-        for start in range(0, len(q_all), query_chunk):
-            sl = slice(start, start + query_chunk)
-            s, p = topk(q_all[sl], c, cids, kk)
-            best_s[sl], best_p[sl] = _order(np.hstack([best_s[sl], s]), np.hstack([best_p[sl], p]), k)
-    return best_s, best_p
+    """Exact top-``k`` (scores float32, pids) per query, ties by pid: :func:`search_sets` for one set."""
+    result = search_sets(
+        [(queries, k)], corpus, normalize, query_chunk=query_chunk, device=device, memory_mb=memory_mb,
+        threads=threads,
+    )  # fmt: skip
+    return result.hits[0]
+
+
+def gather_rows(corpus: Embeddings, rows: np.ndarray, normalize: bool) -> np.ndarray:
+    """Prepared vectors of some corpus rows, one shard at a time (the same values a block holds)."""
+    out = np.empty((len(rows), corpus.dim), dtype=np.float32)
+    start = 0
+    for _, vec in corpus.iter_shards():
+        end = start + len(vec)
+        sel = np.flatnonzero((rows >= start) & (rows < end))
+        out[sel] = _prep(vec[rows[sel] - start], normalize)
+        start = end
+    return out
 
 
 def build_ann(corpus: Embeddings, params: Search, normalize: bool, seed: int = 1234):
@@ -199,7 +604,10 @@ class Searcher:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._ann is not None:
             return ann_search(self._ann, self.corpus.ids, queries, k, self.normalize, self.params.query_chunk)
-        return exact_search(queries, self.corpus, k, self.normalize, self.params.query_chunk, self.device)
+        return exact_search(
+            queries, self.corpus, k, self.normalize, self.params.query_chunk, self.device,
+            memory_mb=self.params.memory_mb,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- stage
@@ -216,42 +624,47 @@ def write_skipped(negatives_out: Path, reason: str) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def rerank(
-    corpus: Embeddings, qids: np.ndarray, qvecs: np.ndarray, candidates: Path, depth: int, normalize: bool
-) -> list[Hit]:
-    """Re-score each query's top ``depth`` candidates (a BM25 run or ``top1000``) with this model."""
+@dataclass(frozen=True)
+class RerankPlan:
+    """One set's re-ranking candidates: per query (ascending) its first ``depth`` pids, in list order."""
+
+    qids: np.ndarray
+    counts: np.ndarray
+    pids: np.ndarray  # flat, query after query
+    rows: np.ndarray  # the corpus row of each pid
+
+
+def plan_rerank(corpus_ids: np.ndarray, qids: np.ndarray, candidates: Path, depth: int) -> RerankPlan:
+    """The candidates (a BM25 run or ``top1000``) of each query, checked against the embeddings."""
     cands: dict[int, list[int]] = defaultdict(list)
     for h in read_candidates(candidates):
         if h.rank <= depth:
             cands[h.qid].append(h.pid)
-    qrow = {int(q): i for i, q in enumerate(qids)}
-    missing = sorted(set(cands) - set(qrow))
+    missing = sorted(set(cands) - {int(q) for q in qids})
     if missing:
         raise DataError(f"{candidates}: {len(missing)} qid(s) (e.g. {missing[0]}) have no query embedding")
-    order = np.argsort(corpus.ids, kind="stable")
-    sorted_ids = corpus.ids[order]
-    all_pids = np.fromiter((p for q in sorted(cands) for p in cands[q]), dtype=np.int64)
-    pos = np.searchsorted(sorted_ids, all_pids)
-    pos = np.minimum(pos, len(sorted_ids) - 1)
-    unknown = sorted_ids[pos] != all_pids
+    order = np.argsort(corpus_ids, kind="stable")
+    sorted_ids = corpus_ids[order]
+    listed = sorted(cands)
+    all_pids = np.fromiter((p for q in listed for p in cands[q]), dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, all_pids), max(len(sorted_ids) - 1, 0))
+    unknown = sorted_ids[pos] != all_pids if len(sorted_ids) else np.ones(len(all_pids), bool)
     if unknown.any():
         raise DataError(f"{candidates}: pid {all_pids[unknown][0]} is not in the encoded corpus")
-    rows = order[pos]
-    vecs = np.empty((len(rows), corpus.dim), dtype=np.float32)
-    start = 0
-    for _, vec in corpus.iter_shards():  # gather one shard at a time
-        end = start + len(vec)
-        sel = np.flatnonzero((rows >= start) & (rows < end))
-        vecs[sel] = vec[rows[sel] - start]
-        start = end
-    vecs = _prep(vecs, normalize)
-    q = _prep(qvecs, normalize)
+    counts = np.array([len(cands[q]) for q in listed], dtype=np.int64)
+    return RerankPlan(np.array(listed, dtype=np.int64), counts, all_pids, order[pos])
+
+
+def rerank(plan: RerankPlan, qids: np.ndarray, q: np.ndarray, vecs: np.ndarray) -> list[Hit]:
+    """Re-score each query's candidates with this model (prepared ``q`` rows of ``qids``, candidate
+    ``vecs`` in plan order): the float64 score rounded to float32, as the full runs, ties by pid."""
+    qrow = {int(qid): i for i, qid in enumerate(qids)}
     hits: list[Hit] = []
     offset = 0
-    for qid in sorted(cands):
-        n = len(cands[qid])
-        scores = vecs[offset : offset + n] @ q[qrow[qid]]
-        pids = all_pids[offset : offset + n]
+    for qid, n in zip(plan.qids.tolist(), plan.counts.tolist(), strict=True):
+        exact = vecs[offset : offset + n].astype(np.float64) @ q[qrow[qid]].astype(np.float64)
+        scores = exact.astype(np.float32)
+        pids = plan.pids[offset : offset + n]
         offset += n
         for rank, i in enumerate(np.lexsort((pids, -scores)), 1):
             hits.append(Hit(qid, int(pids[i]), rank, float(scores[i])))
@@ -272,7 +685,11 @@ def run(
     summary_out: Path | None = None,
     device: DevicePref = "auto",
 ) -> dict[str, Any]:
-    """Mine negatives for the training queries and write the dev/DL19 runs; returns the summary."""
+    """Mine negatives for the training queries and write the dev/DL19 runs; returns the summary.
+
+    Flat search makes one pass over the corpus for all three query sets (and gathers the
+    re-ranking candidates' vectors on the way); an ANN index is built once and searched per set.
+    """
     manifest = read_manifest(emb_dir)
     if manifest.get("skipped") or params.model is None:
         reason = manifest.get("skipped") or "no public weights"
@@ -298,7 +715,6 @@ def run(
 
     faiss.omp_set_num_threads(threads)
     corpus = load_part(emb_dir, "corpus")
-    searcher = Searcher(corpus, search, normalize, dev)
 
     positives = qrels_by_query(read_qrels(qrels_train))
     if not positives:
@@ -311,43 +727,58 @@ def run(
     summary = {"train_queries": len(qids), "qrels_qids_without_text": len(set(positives) - set(row_of))}
     qvecs = train.load()[[row_of[int(q)] for q in qids]]
     max_pos = max(len(positives[int(q)]) for q in qids)
+    evals, plans = {}, {}
+    for name in EVAL_SETS:
+        part = load_part(emb_dir, name)
+        order = np.argsort(part.ids, kind="stable")
+        evals[name] = (part.ids[order], part.load()[order])
+        plans[name] = plan_rerank(corpus.ids, evals[name][0], Path(candidates[name]), rerank_depth)
+    gather = np.unique(np.concatenate([p.rows for p in plans.values()]))
+    sets = [(qvecs, mine.top_k + max_pos)] + [(evals[name][1], mine.eval_depth) for name in EVAL_SETS]
+
     t0 = time.perf_counter()
+    if search.index == "flat":
+        result = search_sets(
+            sets, corpus, normalize, query_chunk=search.query_chunk, device=dev,
+            memory_mb=search.memory_mb, threads=threads, gather=gather,
+        )  # fmt: skip
+        found, gathered = result.hits, result.gathered
+    else:
+        searcher = Searcher(corpus, search, normalize, dev)  # the index is built once per system
+        found = [searcher.search(vectors, k) for vectors, k in sets]
+        gathered = gather_rows(corpus, gather, normalize)
+    assert gathered is not None
+    secs, total = time.perf_counter() - t0, sum(len(v) for v, _ in sets)
+    log.info(
+        "mine %s: %s search of %d queries (train, dev, dl19) in %.1f s (%.0f queries/s)",
+        system, search.index, total, secs, total / max(secs, 1e-9),
+    )  # fmt: skip
+
     qid_col, pid_col, score_col = [], [], []
-    chunk = max(search.query_chunk, 1)
-    for start in tqdm(range(0, len(qids), chunk), desc=f"mine {system}", unit="chunk", dynamic_ncols=True):
-        s, p = searcher.search(qvecs[start : start + chunk], mine.top_k + max_pos)
-        for qid, srow, prow in zip(qids[start : start + chunk], s, p, strict=True):
-            pos = set(positives[int(qid)])
-            keep = [i for i in np.flatnonzero(_valid(srow, prow)) if int(prow[i]) not in pos][: mine.top_k]
-            qid_col.extend([int(qid)] * len(keep))
-            pid_col.extend(prow[keep].tolist())
-            score_col.extend(srow[keep].tolist())
-    secs = time.perf_counter() - t0
+    for qid, srow, prow in zip(qids, *found[0], strict=True):
+        pos = set(positives[int(qid)])
+        keep = [i for i in np.flatnonzero(_valid(srow, prow)) if int(prow[i]) not in pos][: mine.top_k]
+        qid_col.extend([int(qid)] * len(keep))
+        pid_col.extend(prow[keep].tolist())
+        score_col.extend(srow[keep].tolist())
     write_hits(
         negatives_out, hits_table(np.array(qid_col, dtype=np.int64), np.array(pid_col), np.array(score_col))
     )
     summary.update(train_hits=len(qid_col))  # timings only in the log: DVC outputs stay byte-stable
-    log.info(
-        "mine %s: %d training queries, %d hits in %.1f s (%.0f queries/s) -> %s",
-        system, len(qids), len(qid_col), secs, len(qids) / max(secs, 1e-9), negatives_out,
-    )  # fmt: skip
+    log.info("mine %s: %d training queries, %d hits -> %s", system, len(qids), len(qid_col), negatives_out)
 
-    for name in EVAL_SETS:
-        part = load_part(emb_dir, name)
-        order = np.argsort(part.ids, kind="stable")
-        eq, ev = part.ids[order], part.load()[order]
-        t0 = time.perf_counter()
-        s, p = searcher.search(ev, mine.eval_depth)
-        secs = time.perf_counter() - t0
+    for name, (s, p) in zip(EVAL_SETS, found[1:], strict=True):
+        eq = evals[name][0]
         full = [
             Hit(int(qid), int(prow[i]), r, float(srow[i]))
             for qid, srow, prow in zip(eq, s, p, strict=True)
             for r, i in enumerate(np.flatnonzero(_valid(srow, prow)), 1)
         ]
         write_run(Path(runs_dir) / f"{name}.full.trec", full, system)
-        rr = rerank(corpus, eq, ev, Path(candidates[name]), rerank_depth, normalize)
+        plan = plans[name]
+        vecs = gathered[np.searchsorted(gather, plan.rows)]
+        rr = rerank(plan, eq, _prep(evals[name][1], normalize), vecs)
         write_run(Path(runs_dir) / f"{name}.rerank.trec", rr, system)
-        log.info("mine %s %s: %d queries in %.1f s", system, name, len(eq), secs)
         summary[name] = {"queries": len(eq), "rerank_queries": len({h.qid for h in rr})}
     summary["index"] = search.index
     if summary_out:

@@ -102,11 +102,61 @@ def write_embeddings(root: Path, ids: np.ndarray, vectors: np.ndarray, shard_row
 
 
 def brute_force(q: np.ndarray, c: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference: full score matrix, order by score desc then pid asc."""
-    s = q.astype(np.float32) @ c.astype(np.float32).T
-    out_p = np.empty((len(q), k), dtype=np.int64)
-    out_s = np.empty((len(q), k), dtype=np.float32)
-    for r in range(len(q)):
-        order = sorted(range(len(ids)), key=lambda j: (-s[r, j], ids[j]))[:k]
-        out_p[r], out_s[r] = ids[order], s[r, order]
-    return out_s, out_p
+    """Reference: the full float64 score matrix rounded to float32, by score desc then pid asc."""
+    s = (q.astype(np.float64) @ c.astype(np.float64).T).astype(np.float32)
+    pids = np.broadcast_to(np.asarray(ids, dtype=np.int64), s.shape)
+    idx = np.lexsort((pids, -s), axis=-1)[:, :k]
+    return np.take_along_axis(s, idx, 1), np.take_along_axis(pids, idx, 1)
+
+
+def quantised(n: int, d: int, seed: int, levels: int = 3) -> np.ndarray:
+    """Vectors of multiples of 1/4 in [-levels/4, levels/4]: float16-exact, and every float32 dot
+    product of them is exact in any summation order, so scores tie often and exactly."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-levels, levels + 1, size=(n, d)) / 4).astype(np.float32)
+
+
+def previous_exact_search(
+    queries: np.ndarray, corpus: Embeddings, k: int, normalize: bool, query_chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU exact search as it was before the resident-block rewrite (kept as a reference):
+    every query chunk walks every shard, FAISS ``IndexFlatIP`` per shard, top-(k+1), rows with a
+    k-th/(k+1)-th tie settled by brute force, per-shard results merged by (score desc, pid asc)."""
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = 20
+
+    def prep(v: np.ndarray) -> np.ndarray:
+        out = np.ascontiguousarray(v, dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12) if normalize else out
+
+    def order(s: np.ndarray, p: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.lexsort((p, -s), axis=-1)[:, :kk]
+        return np.take_along_axis(s, idx, 1), np.take_along_axis(p, idx, 1)
+
+    def shard_topk(q: np.ndarray, c: np.ndarray, cids: np.ndarray, kk: int):
+        index = faiss.IndexFlatIP(c.shape[1])
+        index.add(c)
+        n = min(kk + 1, len(c))
+        scores, idx = index.search(q, n)
+        pids = cids[idx]
+        if n > kk:
+            ambiguous = np.flatnonzero(scores[:, kk - 1] == scores[:, kk])
+            scores, pids = order(scores, pids, kk)
+            for r in ambiguous:
+                s = q[r : r + 1] @ c.T
+                scores[r], pids[r] = (a[0] for a in order(s, np.broadcast_to(cids, s.shape), kk))
+            return scores, pids
+        return order(scores, pids, kk)
+
+    k = min(k, len(corpus.ids))
+    q_all = prep(queries)
+    best_s = np.full((len(q_all), k), -np.inf, dtype=np.float32)
+    best_p = np.full((len(q_all), k), np.iinfo(np.int64).max, dtype=np.int64)
+    for cids, vec in corpus.iter_shards():
+        c = prep(vec)
+        for start in range(0, len(q_all), query_chunk):
+            sl = slice(start, start + query_chunk)
+            s, p = shard_topk(q_all[sl], c, cids, min(k, len(c)))
+            best_s[sl], best_p[sl] = order(np.hstack([best_s[sl], s]), np.hstack([best_p[sl], p]), k)
+    return best_s, best_p

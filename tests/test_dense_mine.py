@@ -1,4 +1,5 @@
-"""mine@<system>: exact search vs brute force, ANN recall, mining + runs on the sample, skips."""
+"""mine@<system>: exact search vs the previous search and float64 brute force (ties, blocks, devices),
+ANN recall, mining + runs on the sample, skips."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import DenseSystem, Encode, Mine, Search
-from tasks.dense_mine import Searcher, exact_search, run
-from tasks.encode import load_part
+from tasks.dense_mine import Searcher, exact_search, gather_rows, run, search_sets
+from tasks.encode import Embeddings, load_part
 from tasks.records import qrels_by_query, read_hits, read_qrels, read_run
-from tests._dense_helpers import EncodedSample, brute_force, encoded_sample, write_embeddings
+from tests._dense_helpers import (
+    EncodedSample,
+    brute_force,
+    encoded_sample,
+    previous_exact_search,
+    quantised,
+    write_embeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +36,126 @@ def _vectors(n: int, d: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float16).astype(np.float32)
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_exact_search_equals_brute_force_with_ties(tmp_path: Path, normalize: bool) -> None:
-    c = _vectors(500, 16, 1)
-    c[300:310] = c[5]  # ten exact duplicates of passage 5: score ties, broken by pid
-    ids = np.random.default_rng(2).permutation(np.arange(10_000, 10_500)).astype(np.int64)
-    corpus = write_embeddings(tmp_path, ids, c, shard_rows=128)
-    q = _vectors(37, 16, 3)
-    q[0] = c[5]  # a query whose top hits are the tied duplicates
-    s, p = exact_search(q, corpus, 20, normalize, query_chunk=8)
-    ref_q = q / np.linalg.norm(q, axis=1, keepdims=True) if normalize else q
-    ref_c = c / np.linalg.norm(c, axis=1, keepdims=True) if normalize else c
-    rs, rp = brute_force(ref_q, ref_c, ids, 20)
+def _tied_corpus(root: Path) -> tuple[np.ndarray, np.ndarray, Embeddings, np.ndarray]:
+    """700 quantised passages in 64-row shards, 30 copies of passage 5, pids not in row order."""
+    c = quantised(700, 16, 1)
+    c[300:330] = c[5]
+    ids = np.random.default_rng(2).permutation(np.arange(10_000, 10_700)).astype(np.int64)
+    q = quantised(97, 16, 3)
+    q[0] = c[5]  # a query whose top hits are the 31 tied copies
+    return c, ids, write_embeddings(root, ids, c, shard_rows=64), q
+
+
+SETTINGS = [  # device, memory_mb (0.02: 5 shards per block, 3 blocks), tile rows, threads
+    ("cpu", 64, None, 2),
+    ("cpu", 0.02, 48, 2),
+    ("cpu", 0.02, 48, 1),
+    ("torch-cpu", 64, None, 1),
+    ("torch-cpu", 0.02, 48, 1),
+]
+
+
+@pytest.mark.parametrize("k", [7, 100, 1000])  # 100: larger than a shard; 1000: than the corpus
+@pytest.mark.parametrize(("device", "memory_mb", "tile", "threads"), SETTINGS)
+def test_exact_search_equals_previous_search_on_ties(
+    tmp_path: Path, k: int, device: str, memory_mb: float, tile: int | None, threads: int
+) -> None:
+    """Dot products of quantised vectors are exact in any order: the ids and scores must be the
+    previous implementation's (FAISS per shard) and float64 brute force's, ties by pid."""
+    c, ids, corpus, q = _tied_corpus(tmp_path)
+    result = search_sets(
+        [(q, k), (q[:5], 3)], corpus, False, query_chunk=16, device=device, memory_mb=memory_mb,
+        threads=threads, tile_rows=tile,
+    )  # fmt: skip
+    (s, p), (s3, p3) = result.hits
+    ps, pp = previous_exact_search(q, corpus, k, False, 16)
+    rs, rp = brute_force(q, c, ids, k)
+    np.testing.assert_array_equal(p, pp)
+    np.testing.assert_array_equal(s, ps)
     np.testing.assert_array_equal(p, rp)
-    np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-5)
-    tied = sorted(int(i) for i in ids[[5, *range(300, 310)]])
-    assert p[0, :11].tolist() == tied  # ties by pid ascending
+    np.testing.assert_array_equal(s, rs)
+    np.testing.assert_array_equal(p3, rp[:5, :3])  # a second query set in the same pass
+    assert p.shape == (97, min(k, 700))
+    tie = s[:, 1:] == s[:, :-1]
+    assert tie.sum() > 50 and (p[:, 1:][tie] > p[:, :-1][tie]).all()  # many ties, by pid ascending
+    copies = set(ids[[5, *range(300, 330)]].tolist())
+    assert [x for x in p[0].tolist() if x in copies] == sorted(copies)[: len(set(p[0]) & copies)]
+    assert result.blocks == (1 if memory_mb == 64 else 3)
+    if k < 700:  # ties across the margin: those queries were settled by the second pass
+        assert result.settled > 0
+
+
+@pytest.mark.parametrize("device", ["cpu", "torch-cpu"])
+def test_cos_equals_float64_brute_force(tmp_path: Path, device: str) -> None:
+    c, ids, corpus, q = _tied_corpus(tmp_path)
+    s, p = exact_search(q, corpus, 100, True, 16, device, memory_mb=0.02)
+    qn, cn = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, c))
+    rs, rp = brute_force(qn.astype(np.float32), cn.astype(np.float32), ids, 100)
+    np.testing.assert_array_equal(p, rp)
+    np.testing.assert_array_equal(s, rs)
+
+
+@pytest.mark.parametrize("device", ["cpu", "torch-cpu"])
+def test_exact_where_float32_is_not(tmp_path: Path, device: str) -> None:
+    """Scores ~8e7 (float32 spacing 8) that differ by 8: a float32 matmul, rounding its partial
+    sums, ties or misorders them; float64 is exact. Per query the corpus holds the query itself
+    with 0..4 in the coordinate the query weighs 8: the top-5 is S+32, S+24, ..., S."""
+    rng = np.random.default_rng(7)
+    q = rng.integers(-2000, 2001, size=(40, 64)).astype(np.float32)
+    q[:, 0] = 8
+    near = np.repeat(q, 5, axis=0)
+    near[:, 0] = np.tile(np.arange(5), 40)
+    c = np.concatenate([near, rng.integers(-2000, 2001, size=(200, 64)).astype(np.float32)])
+    ids = np.arange(len(c), dtype=np.int64) * 2  # S+8t at a larger pid: float32 ties go the wrong way
+    corpus = write_embeddings(tmp_path, ids, c, shard_rows=100)
+    s, p = exact_search(q, corpus, 12, False, 8, device, memory_mb=0.1)
+    rs, rp = brute_force(q, c, ids, 12)
+    np.testing.assert_array_equal(p, rp)
+    np.testing.assert_array_equal(s, rs)
+    _, fp = previous_exact_search(q, corpus, 12, False, 8)
+    assert (fp != rp).any(axis=1).sum() > 5  # the data does defeat a float32 ranking
+
+
+def test_results_do_not_depend_on_blocks_tiles_threads_or_device(tmp_path: Path) -> None:
+    c = _vectors(900, 32, 11)
+    ids = np.random.default_rng(12).permutation(900).astype(np.int64) * 3
+    corpus = write_embeddings(tmp_path, ids, c, shard_rows=128)
+    q = _vectors(150, 32, 13)
+    for normalize in (False, True):
+        ref = exact_search(q, corpus, 30, normalize, 1024)
+        qn, cn = (x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x for x in (q, c))
+        np.testing.assert_array_equal(ref[1], brute_force(qn, cn, ids, 30)[1])
+        for device, memory_mb, tile, threads in SETTINGS[1:]:
+            for chunk in (7, 64):
+                got = search_sets(
+                    [(q, 30)], corpus, normalize, query_chunk=chunk, device=device, memory_mb=memory_mb,
+                    threads=threads, tile_rows=tile,
+                ).hits[0]  # fmt: skip
+                np.testing.assert_array_equal(got[1], ref[1])
+                np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_gathered_rows_are_the_prepared_rows(tmp_path: Path) -> None:
+    c = _vectors(300, 8, 21)
+    corpus = write_embeddings(tmp_path, np.arange(300, dtype=np.int64), c, shard_rows=64)
+    rows = np.array([0, 5, 63, 64, 200, 299], dtype=np.int64)
+    for normalize in (False, True):
+        result = search_sets([], corpus, normalize, query_chunk=8, memory_mb=0.005, gather=rows)
+        assert result.gathered is not None and result.blocks > 1
+        np.testing.assert_array_equal(result.gathered, gather_rows(corpus, rows, normalize))
+        one = [gather_rows(corpus, rows[i : i + 1], normalize)[0] for i in range(len(rows))]
+        np.testing.assert_array_equal(result.gathered, np.stack(one))  # row by row, batch-free
+
+
+def test_bad_device(tmp_path: Path) -> None:
+    corpus = write_embeddings(tmp_path, np.arange(10, dtype=np.int64), _vectors(10, 4, 1), shard_rows=5)
+    with pytest.raises(ValueError, match="expected one of cpu, cuda, torch-cpu"):
+        exact_search(_vectors(2, 4, 2), corpus, 3, False, 8, "gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            exact_search(_vectors(2, 4, 2), corpus, 3, False, 8, "cuda")
 
 
 @pytest.mark.slow  # trains an IVF-PQ index (~5 s of CPU)
@@ -87,6 +199,9 @@ def test_mine_on_the_sample(sample: EncodedSample, tmp_path: Path) -> None:
         rr = list(read_run(tmp_path / "runs" / f"{name}.rerank.trec"))
         bm25 = {(h.qid, h.pid) for h in read_run(sample.bm25_runs / f"{name}.full.trec") if h.rank <= 20}
         assert {(h.qid, h.pid) for h in rr} == bm25
+        scored = {(h.qid, h.pid): h.score for h in full}
+        both = [(scored[h.qid, h.pid], h.score) for h in rr if (h.qid, h.pid) in scored]
+        assert both and all(a == b for a, b in both)  # one score per pair: full run = re-ranking
 
 
 def bm25_candidates(sample: EncodedSample) -> dict[str, Path]:
