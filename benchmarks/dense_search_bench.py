@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
+                (work / f"{method}-{system}.json").write_text(json.dumps({**r, "load": os.getloadavg()}))
                 if (system, method) not in results or r["seconds"] < results[system, method]["seconds"]:
                     results[system, method] = r
     import faiss
