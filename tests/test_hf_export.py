@@ -333,7 +333,9 @@ def _params(tmp_path: Path, inputs: Inputs) -> Path:
     shutil.copy(inputs.negatives, tmp_path / "out" / "msmarco-hard-negatives.jsonl.gz")
     (tmp_path / "scores").mkdir()
     shutil.copy(inputs.scores, tmp_path / "scores" / "ce-scores.parquet")
-    data["paths"].update(raw=str(raw), out=str(tmp_path / "out"), scores=str(tmp_path / "scores"))
+    data["paths"].update(
+        raw=str(raw), out=str(tmp_path / "out"), scores=str(tmp_path / "scores"), hf=str(tmp_path / "hf")
+    )
     data["hf_export"] = {"negatives": 5}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -345,7 +347,7 @@ def test_cli_writes_paths_hf_and_exits_1_on_bad_input(
 ) -> None:
     params = _params(tmp_path, inputs)
     assert main(["--params", str(params)]) == 0
-    hf = tmp_path / "hf"  # paths.hf defaults to hf/ beside paths.out
+    hf = tmp_path / "hf"  # paths.hf as _params sets it
     assert sorted(p.name for p in hf.iterdir()) == sorted(
         [CORPUS, "msmarco-scores-smoke-cross-encoder", *(f"msmarco-{s}" for s in SYSTEMS)]
     )
