@@ -205,6 +205,12 @@ class DenseSystem(Section):
     score: Literal["cos", "dot"]
     max_seq_length: PositiveInt = 256
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
+    evidence: str | None = Field(
+        None,
+        description="how `model` is known to be the checkpoint that mined this system's published "
+        "list (e.g. the model's config.json `_name_or_path`); null = not evidenced: confirm it with "
+        "the parity report against the published file (`python -m tasks.config registry`)",
+    )
 
 
 CPU_KERNELS_DOC = (
@@ -426,6 +432,12 @@ class Config(Section):
             return self.input_path("top1000_dev")
         return self.path("runs") / "bm25" / f"{name}.full.trec"
 
+    def candidates_label(self, name: str) -> str:
+        """What the re-ranking figures of evaluation set ``name`` re-rank, for reports."""
+        if name == "dev" and self.evaluate.dev_candidates == "top1000":
+            return "official top1000.dev (file order)"
+        return f"BM25 top-{self.evaluate.rerank_depth} (this run)"
+
     def input_path(self, key: str) -> Path:
         """Absolute path of a logical input under ``paths.raw`` (``inputs.<key>``)."""
         rel = getattr(self.inputs, key)
@@ -516,6 +528,34 @@ def compose(profile: str, conf_dir: Path = CONF) -> str:
     return HEADER.format(profile=profile) + yaml.safe_dump(ordered, sort_keys=False, width=100)
 
 
+def registry_markdown(cfg: Config) -> str:
+    """The system registry as a Markdown table: system, model, score, and the evidence that the
+    model is the checkpoint behind the published system of that name (or what to do without it)."""
+    lines = [
+        f"System registry of profile `{cfg.profile}`:",
+        "",
+        "| System | Model | Score | Evidence |",
+        "|---|---|---|---|",
+    ]
+    for name, system in cfg.systems.items():
+        if system.model is None:
+            evidence = "no public weights: skipped (set `model` to a checkpoint you hold)"
+        elif system.smoke:
+            evidence = "smoke model built by the pipeline (not a published system)"
+        elif system.evidence:
+            evidence = system.evidence
+        else:
+            evidence = (
+                "**not evidenced**: compare this system's lists with the published file "
+                "(`python -m tasks.parity`, overlap@50 near 1.0 confirms it)"
+            )
+        model = system.model or "–"
+        if system.revision:
+            model += f" @ {system.revision[:12]}"
+        lines.append(f"| {name} | {model} | {system.score} | {evidence} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.config",
@@ -532,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
     use.add_argument("--output", type=Path, default=PARAMS)
     chk = sub.add_parser("check", help="validate params.yaml and report the active profile")
     chk.add_argument("--params", type=Path, default=PARAMS)
+    reg = sub.add_parser(
+        "registry",
+        help="print the system registry: each system's model, how the mapping to the published "
+        "system is evidenced, and which systems are not (confirm those with tasks.parity)",
+    )
+    reg.add_argument("--params", type=Path, default=PARAMS)
     show = sub.add_parser("show", help="print one section of the validated config as YAML")
     show.add_argument("section", nargs="?")
     show.add_argument("--params", type=Path, default=PARAMS)
@@ -549,6 +595,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(
                 f"{args.params}: valid (profile {cfg.profile}, systems: {', '.join(cfg.systems)})\n"
             )
+            unproven = [n for n, s in cfg.systems.items() if s.model and not s.smoke and not s.evidence]
+            if unproven:
+                sys.stderr.write(
+                    f"note: the model of {', '.join(unproven)} is not evidenced to be the published "
+                    "system's checkpoint; see `python -m tasks.config registry`\n"
+                )
+        elif args.cmd == "registry":
+            sys.stdout.write(registry_markdown(load_config(args.params)))
         else:
             cfg = load_config(args.params)
             dump = cfg.model_dump(mode="json")
