@@ -66,7 +66,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tasks.config import Denoise, load_config  # noqa: E402
-from tasks.denoise import threshold  # noqa: E402
+from tasks.denoise import keep  # noqa: E402
 from tasks.records import read_collection, read_qrels, read_queries  # noqa: E402
 
 TOP_K = 50
@@ -287,8 +287,8 @@ def ce_metrics(ref: dict, got: dict, ce: dict, rules: dict[str, Denoise]) -> dic
         gp, gn = g[start : start + n_pos], g[start + n_pos : start + n_pos + n_neg]
         label_err.append(np.abs((rp[:, None] - rn[None, :]) - (gp[:, None] - gn[None, :])).ravel())
         for name, rule in rules.items():
-            keep_r = rn <= threshold(float(rp.min()), rule)
-            keep_g = gn <= threshold(float(gp.min()), rule)
+            keep_r = keep(rn, float(rp.min()), rule)
+            keep_g = keep(gn, float(gp.min()), rule)
             flips[name].append(keep_r != keep_g)
     lab = np.concatenate(label_err)
     out = {"max": float(d.max()), "mean": float(d.mean()), "label_max": float(lab.max())}

@@ -270,22 +270,33 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-STATUS_TEXT = {"ran": "ran", "restored": "restored from run cache", "up to date": "up to date"}
+def human_seconds(s: float) -> str:
+    """``12.345`` -> ``12.3 s``: 0.1 s below 100 s, then minutes and hours to 0.1 (3 digits)."""
+    if s < 100:
+        return f"{s:.1f} s"
+    if s < 6000:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
 
 
-def summary_markdown(results: list[dict[str, Any]], profile: str, extra: str = "") -> str:
-    lines = [
-        f"# hardnegs pipeline: profile `{profile}`",
-        "",
-        "| stage | status | outputs changed | seconds | peak RSS |",
-        "|---|---|---|---:|---:|",
-    ]
+STATUS_TEXT = {"ran": "ran", "restored": "restored (run cache)", "up to date": "up to date"}
+
+
+def summary_markdown(results: list[dict[str, Any]], profile: str, extra: str = "", notice: str = "") -> str:
+    """The ``pipeline-summary`` artifact: ``notice`` (the smoke-model notice) at the top, a row
+    per stage (status, whether its outputs changed, wall time, peak RSS), then ``extra`` (the
+    evaluation and denoising tables). Rows stay near 100 characters of Markdown."""
+    lines = [f"# hardnegs pipeline: profile `{profile}`", ""]
+    if notice:
+        lines += [notice.rstrip("\n"), ""]
+    lines += ["| stage | status | changed | time | peak RSS |", "|---|---|---|---:|---:|"]
     for r in results:
         status = STATUS_TEXT[r.get("status", "ran" if r["ran"] else "up to date")]
-        rss = human_bytes(r["peak_rss"]) if r.get("peak_rss") else ""
-        lines.append(
-            f"| {r['stage']} | {status} | {'yes' if r.get('changed') else 'no'} | {r['seconds']} | {rss} |"
-        )
+        called = r["ran"] or r.get("status") == "restored" or r.get("seconds")
+        seconds = human_seconds(float(r["seconds"])) if called else "–"
+        rss = human_bytes(r["peak_rss"]) if r.get("peak_rss") else "–"
+        changed = "yes" if r.get("changed") else "no"
+        lines.append(f"| {r['stage']} | {status} | {changed} | {seconds} | {rss} |")
     ran = sum(r["ran"] for r in results)
     restored = sum(r.get("status") == "restored" for r in results)
     lines += ["", f"{ran} of {len(results)} stages ran; the rest were up to date in DVC."]
@@ -299,18 +310,34 @@ def summary_markdown(results: list[dict[str, Any]], profile: str, extra: str = "
     return "\n".join(lines) + "\n"
 
 
-def evaluation_markdown(root: Path, params: Path) -> str:
-    """The evaluation table of the last run, when the evaluate stage has produced one."""
+def smoke_markdown(params: Path) -> str:
+    """The smoke-model notice of the profile in ``params`` (``""`` when it has no smoke model)."""
     from tasks.config import load_config
+    from tasks.report import report_labels, smoke_notice
+
+    return smoke_notice(report_labels(load_config(params)))
+
+
+def evaluation_markdown(root: Path, params: Path) -> str:
+    """The evaluation tables of the last run and the denoising comparison, when the evaluate and
+    denoise stages have produced them (the smoke-model notice goes on top: :func:`smoke_markdown`)."""
+    from tasks.config import load_config
+    from tasks.io import read_json
+    from tasks.report import denoise_markdown, report_labels, report_markdown
 
     cfg = load_config(params)
+    parts = []
     metrics_file = root / cfg.paths.metrics / "retrieval.json"
-    if not metrics_file.exists():
-        return ""
-    from tasks.evaluate import report_markdown
-    from tasks.io import read_json
-
-    return report_markdown(read_json(metrics_file))
+    if metrics_file.exists():
+        parts += [
+            "## Evaluation",
+            "",
+            report_markdown(read_json(metrics_file), report_labels(cfg), notice=False),
+        ]
+    denoise_file = root / cfg.paths.metrics / "denoise.json"
+    if denoise_file.exists():
+        parts += ["## Denoising", "", denoise_markdown(read_json(denoise_file))]
+    return "\n".join(parts)
 
 
 def _flow_run_name() -> str:
@@ -397,7 +424,12 @@ def _run_stages(
         results.append(result)
     create_markdown_artifact(
         key="pipeline-summary",
-        markdown=summary_markdown(results, cfg.profile, evaluation_markdown(project, project / params)),
+        markdown=summary_markdown(
+            results,
+            cfg.profile,
+            evaluation_markdown(project, project / params),
+            smoke_markdown(project / params),
+        ),
         description=f"hardnegs pipeline run ({cfg.profile})",
     )
     return results

@@ -159,6 +159,26 @@ def _refuse(rows: list[dict[str, Any]], profile: str) -> None:
     )
 
 
+def _readable(value: Any) -> Any:
+    """A metric value for people: floats to 4 significant digits (``0.331345678`` -> ``0.3313``),
+    whole numbers from 10,000 on (``12345.6`` -> ``12,346``), the rest as is (counts, strings)."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return value
+
+
+def readable_metrics_diff(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``tasks.remote.metrics_diff`` rows rounded for the artifact: old and new to 4 significant
+    digits, the change to 3 (``dvc metrics`` keeps the full values)."""
+    out = []
+    for r in rows:
+        change = r["change"]
+        if isinstance(change, float):
+            change = float(f"{change:.3g}")
+        out.append(r | {"old": _readable(r["old"]), "new": _readable(r["new"]), "change": change})
+    return out
+
+
 def _report(
     rows: list[dict[str, Any]],
     ran: list[str],
@@ -263,7 +283,9 @@ def refresh(
             ]
             cfg = load_config(params_path)
             after = {n: load_record(record_path(cfg, n, project)) or {} for n in changed}
-            metrics_md = metrics_markdown(metrics_diff(before, read_metrics(str(project))))
+            metrics_md = metrics_markdown(
+                readable_metrics_diff(metrics_diff(before, read_metrics(str(project))))
+            )
             logger.info("stages that ran: %s", ", ".join(ran) or "none")
         pushed = push(params_path, str(project)) if push_remote else ""
         create_markdown_artifact(

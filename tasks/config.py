@@ -102,7 +102,10 @@ class Inputs(Section):
     qrels_dl19: str
     qa_train: str
     qa_dev: str
-    top1000_dev: str
+    top1000_dev: str = Field(description="official dev re-ranking candidates (evaluate.dev_candidates)")
+    top1000_dl19: str = Field(
+        description="official TREC DL 2019 re-ranking candidates (evaluate.dl19_candidates)"
+    )
 
 
 class Download(Section):
@@ -274,16 +277,24 @@ class CrossEncoderCfg(Section):
 
 
 class Denoise(Section):
-    """Drop negatives the cross-encoder scores too close to the query's weakest positive."""
+    """Drop negatives the cross-encoder scores too close to the query's weakest positive.
+
+    ``m = min CE(pos)`` (raw logits), compared in float64; see :mod:`tasks.denoise`.
+    """
 
     rule: Literal["absolute", "relative"] = Field(
-        "absolute", description="absolute: keep CE(neg) <= min CE(pos) - margin; relative: TopK-PercPos"
+        "absolute",
+        description="absolute: keep iff CE(neg) <= m - margin (m = min CE(pos), logits); relative "
+        "(NV-Retriever's TopK-PercPos on the probability): keep iff sigmoid(CE(neg)) <= relative * "
+        "sigmoid(m). denoise.json counts the drops of both rules",
     )
     margin: NonNegFloat = Field(
-        3.0, description="absolute rule: logit margin (sentence-transformers used 3.0)"
+        3.0, description="absolute rule: logit margin below m (sentence-transformers used 3.0)"
     )
     relative: Annotated[float, Field(gt=0, le=1)] = Field(
-        0.95, description="relative rule: keep CE(neg) <= min CE(pos) - (1 - relative) * |min CE(pos)|"
+        0.95,
+        description="relative rule: keep iff sigmoid(CE(neg)) <= relative * sigmoid(m), the "
+        "probabilities in float64; 1 keeps a negative that ties m",
     )
 
 
@@ -317,11 +328,26 @@ class Evaluate(Section):
     dev_candidates: Literal["bm25", "top1000"] = Field(
         "bm25",
         description="re-ranking candidates of MS MARCO dev: bm25 = our BM25 run (paths.runs/bm25/"
-        "dev.full.trec), top1000 = the official list (inputs.top1000_dev, unscored: its file order "
-        "stands in for the rank). TREC DL 2019 always re-ranks our BM25 run",
+        "dev.full.trec, ranked: cut at rerank_depth / ce_rerank_depth), top1000 = the official list "
+        "(inputs.top1000_dev; unscored and in random order, so every candidate is re-ranked)",
     )
-    rerank_depth: PositiveInt = 1000
-    ce_rerank_depth: PositiveInt = 100
+    dl19_candidates: Literal["bm25", "top1000"] = Field(
+        "top1000",
+        description="re-ranking candidates of TREC DL 2019: top1000 = the official list (inputs."
+        "top1000_dl19, msmarco-passagetest2019-top1000.tsv: every candidate re-ranked, the setup of the "
+        "published NDCG@10 re-ranking figures), bm25 = our BM25 run (paths.runs/bm25/dl19.full.trec, cut "
+        "at rerank_depth / ce_rerank_depth)",
+    )
+    rerank_depth: PositiveInt = Field(
+        1000,
+        description="dense systems re-rank each query's top N of a BM25 run; an official (unordered) "
+        "list is always re-ranked in full",
+    )
+    ce_rerank_depth: PositiveInt = Field(
+        100,
+        description="the cross-encoder re-ranks each query's top N of a BM25 run; an official "
+        "(unordered) list is always re-ranked in full",
+    )
     curve_cutoffs: list[PositiveInt] = Field(
         [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], description="k values of the recall@k curves (plots)"
     )
@@ -425,18 +451,28 @@ class Config(Section):
         """Absolute path of ``paths.<key>``."""
         return ROOT / getattr(self.paths, key)
 
+    def candidate_kind(self, name: str) -> Literal["bm25", "top1000"]:
+        """``evaluate.<name>_candidates`` of evaluation set ``name`` (``dev`` | ``dl19``)."""
+        if name not in ("dev", "dl19"):
+            raise ConfigError(f"unknown evaluation set {name!r}: re-ranking candidates exist for dev, dl19")
+        kind: Literal["bm25", "top1000"] = getattr(self.evaluate, f"{name}_candidates")
+        return kind
+
     def candidates(self, name: str) -> Path:
-        """The re-ranking candidates of evaluation set ``name`` (``dev`` | ``dl19``): a TREC run,
-        or for ``dev`` with ``evaluate.dev_candidates: top1000`` the official ``top1000.dev``."""
-        if name == "dev" and self.evaluate.dev_candidates == "top1000":
-            return self.input_path("top1000_dev")
+        """The re-ranking candidates of evaluation set ``name`` (``dev`` | ``dl19``): our BM25 run
+        (ranked, cut at the stage's depth) or the official list (``inputs.top1000_<name>``,
+        unordered, re-ranked in full), as ``evaluate.<name>_candidates`` says."""
+        if self.candidate_kind(name) == "top1000":
+            return self.input_path(f"top1000_{name}")
         return self.path("runs") / "bm25" / f"{name}.full.trec"
 
-    def candidates_label(self, name: str) -> str:
-        """What the re-ranking figures of evaluation set ``name`` re-rank, for reports."""
-        if name == "dev" and self.evaluate.dev_candidates == "top1000":
-            return "official top1000.dev (file order)"
-        return f"BM25 top-{self.evaluate.rerank_depth} (this run)"
+    def candidates_label(self, name: str, depth: int | None = None) -> str:
+        """What the re-ranking figures of evaluation set ``name`` re-rank, for reports: an
+        official list is re-ranked whole; a BM25 run to ``depth`` (default ``evaluate.rerank_depth``,
+        the dense systems'; the cross-encoder's is ``evaluate.ce_rerank_depth``)."""
+        if self.candidate_kind(name) == "top1000":
+            return "official top-1000 (all candidates re-ranked)"
+        return f"BM25 top-{depth or self.evaluate.rerank_depth} (this run)"
 
     def input_path(self, key: str) -> Path:
         """Absolute path of a logical input under ``paths.raw`` (``inputs.<key>``)."""

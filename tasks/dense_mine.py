@@ -5,10 +5,13 @@ Reads ``paths.embeddings/<system>/`` (from ``tasks.encode``) and writes
 - ``paths.negatives/<system>.parquet``: top ``mine.top_k`` passages per training query with
   qrels, positives removed (the hits format, ties broken by pid ascending);
 - ``paths.runs/<system>/{dev,dl19}.full.trec``: full retrieval, depth ``mine.eval_depth``;
-- ``paths.runs/<system>/{dev,dl19}.rerank.trec``: the set's re-ranking candidates (top
-  ``evaluate.rerank_depth`` of BM25's ``<set>.full.trec``, or for dev of the official
-  ``top1000.dev`` with ``evaluate.dev_candidates: top1000``) re-scored by this model;
-- ``paths.metrics/mine-<system>.json``: counts and queries/s.
+- ``paths.runs/<system>/{dev,dl19}.rerank.trec``: the set's re-ranking candidates re-scored by
+  this model: the top ``evaluate.rerank_depth`` of BM25's ranked ``<set>.full.trec``, or with
+  ``evaluate.dev_candidates`` / ``evaluate.dl19_candidates: top1000`` EVERY candidate of the
+  official list (``top1000.dev``, ``msmarco-passagetest2019-top1000.tsv``: random order, so no
+  depth applies; :func:`tasks.records.read_candidates`);
+- ``paths.metrics/mine-<system>.json``: counts (with, per set, what was re-ranked: the candidate
+  file, ordered or not, depth, candidates listed and re-ranked).
 
 Search (``search.index``): ``flat`` is exact inner product (:func:`search_sets`), ``hnsw`` and
 ``ivfpq`` are approximate FAISS indexes, built once per system. Vectors are L2-normalised for
@@ -35,7 +38,6 @@ import logging
 import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +53,17 @@ from tasks.cli import run_stage, stage_parser
 from tasks.config import DenseSystem, Mine, Search
 from tasks.encode import Embeddings, load_part, read_manifest
 from tasks.io import DataError, atomic_path, write_json, write_text_atomic
-from tasks.records import Hit, hits_table, qrels_by_query, read_candidates, read_qrels, write_hits, write_run
+from tasks.records import (
+    Candidates,
+    Hit,
+    check_candidates,
+    hits_table,
+    qrels_by_query,
+    read_candidates,
+    read_qrels,
+    write_hits,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -626,33 +638,32 @@ def write_skipped(negatives_out: Path, reason: str) -> None:
 
 @dataclass(frozen=True)
 class RerankPlan:
-    """One set's re-ranking candidates: per query (ascending) its first ``depth`` pids, in list order."""
+    """One set's re-ranking candidates: per query (ascending) its pids (:class:`Candidates`)."""
 
     qids: np.ndarray
     counts: np.ndarray
     pids: np.ndarray  # flat, query after query
     rows: np.ndarray  # the corpus row of each pid
+    candidates: Candidates  # what was read: for the log and the summary
 
 
 def plan_rerank(corpus_ids: np.ndarray, qids: np.ndarray, candidates: Path, depth: int) -> RerankPlan:
-    """The candidates (a BM25 run or ``top1000``) of each query, checked against the embeddings."""
-    cands: dict[int, list[int]] = defaultdict(list)
-    for h in read_candidates(candidates):
-        if h.rank <= depth:
-            cands[h.qid].append(h.pid)
-    missing = sorted(set(cands) - {int(q) for q in qids})
+    """The candidates of each query, checked against the embeddings: a BM25 run cut at its top
+    ``depth``, an official ``top1000`` list in full (random order: no top to cut)."""
+    cands = read_candidates(candidates, depth)
+    missing = sorted(set(cands.sets) - {int(q) for q in qids})
     if missing:
         raise DataError(f"{candidates}: {len(missing)} qid(s) (e.g. {missing[0]}) have no query embedding")
     order = np.argsort(corpus_ids, kind="stable")
     sorted_ids = corpus_ids[order]
-    listed = sorted(cands)
-    all_pids = np.fromiter((p for q in listed for p in cands[q]), dtype=np.int64)
+    all_pids = np.fromiter((p for pids in cands.sets.values() for p in pids), np.int64, cands.kept)
     pos = np.minimum(np.searchsorted(sorted_ids, all_pids), max(len(sorted_ids) - 1, 0))
     unknown = sorted_ids[pos] != all_pids if len(sorted_ids) else np.ones(len(all_pids), bool)
     if unknown.any():
         raise DataError(f"{candidates}: pid {all_pids[unknown][0]} is not in the encoded corpus")
-    counts = np.array([len(cands[q]) for q in listed], dtype=np.int64)
-    return RerankPlan(np.array(listed, dtype=np.int64), counts, all_pids, order[pos])
+    counts = np.array([len(p) for p in cands.sets.values()], dtype=np.int64)
+    log.info("%s", cands.describe())
+    return RerankPlan(np.array(list(cands.sets), dtype=np.int64), counts, all_pids, order[pos], cands)
 
 
 def rerank(plan: RerankPlan, qids: np.ndarray, q: np.ndarray, vecs: np.ndarray) -> list[Hit]:
@@ -707,7 +718,7 @@ def run(
     if manifest.get("score") != params.score:
         raise DataError(f"{emb_dir}/manifest.json: score {manifest.get('score')!r} != systems.{system}.score")
     for name in EVAL_SETS:  # fail before any work, not after mining
-        read_candidates(candidates[name])  # lazy: only checks the file is there, naming its stage
+        check_candidates(candidates[name])  # the file is there, or an error naming its stage
     normalize = params.score == "cos"
     dev = "cuda" if resolve(device, "fp32").device == "cuda" and search.index == "flat" else "cpu"
     threads = configure_threads()
@@ -779,7 +790,8 @@ def run(
         vecs = gathered[np.searchsorted(gather, plan.rows)]
         rr = rerank(plan, eq, _prep(evals[name][1], normalize), vecs)
         write_run(Path(runs_dir) / f"{name}.rerank.trec", rr, system)
-        summary[name] = {"queries": len(eq), "rerank_queries": len({h.qid for h in rr})}
+        summary[name] = {"queries": len(eq), "rerank_queries": len({h.qid for h in rr}),
+                         "rerank": plan.candidates.summary()}  # fmt: skip
     summary["index"] = search.index
     if summary_out:
         write_json(summary_out, summary)
@@ -791,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         "tasks.dense_mine",
         "Search one system's embeddings (from tasks.encode): top mine.top_k hard negatives per training "
         "query (positives removed) into paths.negatives/<system>.parquet, and dev/DL19 runs (full "
-        "retrieval and re-ranking of the candidates, evaluate.dev_candidates) into paths.runs/<system>/.",
+        "retrieval, and re-ranking of the candidates: BM25's top evaluate.rerank_depth or all of the "
+        "official top-1000 list, evaluate.dev_candidates / dl19_candidates) into paths.runs/<system>/.",
         "python -m tasks.dense_mine --system smoke-bi-cls-dot",
     )
     parser.add_argument("--system", required=True, help="a key of 'systems' in params.yaml")

@@ -42,7 +42,7 @@ from tasks.config import Config, Evaluate
 from tasks.io import DataError, atomic_dir, describe_os_error, write_json
 from tasks.metrics import Qrels, Run, msmarco_mrr, trec_eval
 from tasks.records import read_hard_negatives, read_hits, read_qrels, read_run, skipped_reason
-from tasks.report import report_markdown, write_report
+from tasks.report import ReportLabels, report_labels, report_markdown, write_report
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,13 @@ def run(
     report_dir: Path,
     params: Evaluate,
     systems: Sequence[str] = (),
+    labels: ReportLabels | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every system; write retrieval.json, plot data and the report. Returns the metrics."""
+    """Evaluate every system; write retrieval.json, plot data and the report. Returns the metrics.
+
+    ``labels`` (:func:`tasks.report.report_labels`): the candidate list of each re-ranking figure
+    and the smoke-model systems, for the report; none: plain "re-ranking", nothing marked smoke.
+    """
     names = _system_names(runs_dir, systems)
     loaded: dict[str, Qrels] = {}
     metrics: dict[str, Any] = {}
@@ -272,7 +277,7 @@ def run(
                 )
         _write_csv(stage / "negatives_overlap.csv", overlap, OVERLAP_COLUMNS)
         _write_csv(stage / "ce_scores.csv", hist, SCORE_COLUMNS)
-    write_report(report_dir, metrics, curves, overlap, hist, notes)
+    write_report(report_dir, metrics, curves, overlap, hist, notes, labels)
     return metrics
 
 
@@ -287,6 +292,7 @@ def _run_main(cfg: Config) -> None:
         report_dir=cfg.path("report"),
         params=cfg.evaluate,
         systems=list(cfg.systems),
+        labels=report_labels(cfg),
     )
     log.info("wrote %s and %s", cfg.path("metrics") / "retrieval.json", cfg.path("report") / "report.html")
 

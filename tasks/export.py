@@ -12,6 +12,9 @@ Writes, under ``paths.exports`` (replaced as a whole, atomically):
   as in the sentence-transformers MarginMSE recipe).
 - ``README.md`` -- a dataset card: row counts per system, params, md5 of every input, and a
   ``configs`` header so ``datasets.load_dataset(<exports dir>, "triplets")`` works too.
+- ``provenance.json`` -- (the CLI) the provenance record of both files (:mod:`tasks.provenance`:
+  inputs with md5, source pins, every model's resolved revision, packages, params), summarised
+  in the card's ``Provenance`` section.
 
 Per query (in qid order) one positive is drawn, then ``export.negatives_per_system``
 negatives from each system of ``export.systems`` ("all" = every system in the file, sorted by
@@ -43,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from tasks import provenance as prov
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Export
 from tasks.io import DataError, atomic_dir, file_digest, write_text_atomic
@@ -189,8 +193,14 @@ def run(
     out_dir: Path,
     params: Export,
     seed: int,
+    provenance: prov.StageRecord | None = None,
 ) -> dict[str, Any]:
-    """Write both exports and the card to ``out_dir``; returns the row counts."""
+    """Write both exports and the card to ``out_dir``; returns the row counts.
+
+    ``provenance``: the stage's :func:`tasks.provenance.collect` (the CLI passes one): completed
+    with the two Parquet files and written as ``out_dir/provenance.json`` inside the same atomic
+    swap, and summarised at the end of the card.
+    """
     systems = _systems(denoised_path, params.systems)
     lookup = ScoreLookup(read_scores(scores_path), scores_path)
     # pass 1: only the texts of the rows that will be written (the draw is repeated in pass 2)
@@ -244,6 +254,9 @@ def run(
             system_rows="\n".join(f"| {s} | {triplets.get(s, 0)} | {margin.get(s, 0)} |" for s in systems),
             inputs="\n".join(f"- `{name}`: {digest}" for name, digest in inputs.items()),
         )
+        if provenance is not None:
+            files = {out_dir / n: stage / n for n in ("triplets.parquet", "margin_mse.parquet")}
+            card += "\n" + prov.card_section(provenance.write(files, stage / prov.DIR_SIDECAR))
         with write_text_atomic(stage / "README.md", gz=False) as fh:
             fh.write(card)
     counts = {"triplets": triplets, "margin_mse": margin}
@@ -273,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.path("exports"),
             cfg.export,
             cfg.seed,
+            prov.collect(cfg, "export", prov.stage_models(cfg, systems=True, cross_encoder=True)),
         ),
     )
 

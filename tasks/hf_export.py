@@ -59,6 +59,9 @@ Upload (not run by the pipeline; needs a Hub token, ``hf auth login`` or ``HF_TO
                           commit_message="hardnegs hf_export")
 
 The card's ``configs:`` header is what the Hub and ``load_dataset`` read to find each config.
+Run by the CLI, each folder also holds ``provenance.json`` (:mod:`tasks.provenance`: its files'
+md5s, the stage's inputs with md5, source pins, every model's resolved revision, packages,
+params), summarised in the card's ``Provenance`` section; the ``configs`` never name it.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
+from tasks import provenance as prov
 from tasks.cli import run_stage, stage_parser
 from tasks.config import HfExport
 from tasks.io import DataError, atomic_dir, file_digest, write_text_atomic
@@ -657,11 +661,15 @@ def run(
     cross_encoder: str,
     params: HfExport,
     row_group_cells: int = ROW_GROUP_CELLS,
+    provenance: prov.StageRecord | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write every dataset folder under ``out_dir``; returns the rows per dataset and config.
 
     ``row_group_cells``: values per Parquet row group (rows x columns); the tests make it small to
-    write many row groups and shards from tiny data.
+    write many row groups and shards from tiny data. ``provenance``: the stage's
+    :func:`tasks.provenance.collect` (the CLI passes one): each folder gets ``provenance.json``
+    naming its Parquet files (not listed in the card's ``configs``, so ``load_dataset`` reads
+    only the data) and a ``Provenance`` section at the end of its card.
     """
     width = params.negatives
     found = scan(negatives_path, params.systems)
@@ -671,6 +679,13 @@ def run(
     def shards(folder: Path, schema: pa.Schema) -> Shards:
         writers.append(Shards(folder, schema, shard_bytes))
         return writers[-1]
+
+    def provenance_section(folder: Path) -> str:
+        """Write ``folder``'s record (its files are all closed) and return its card section."""
+        if provenance is None:
+            return ""
+        files = {out_dir / folder.name / p.relative_to(folder): p for p in prov.files_under(folder)}
+        return "\n" + prov.card_section(provenance.write(files, folder / prov.DIR_SIDECAR))
 
     counts: dict[str, dict[str, int]] = {}
     try:
@@ -696,7 +711,7 @@ def run(
             skipped = write_rows(negatives_path, scores_path, systems, score_rows, params)
 
             md5 = {p: file_digest(p) for p in (negatives_path, scores_path, collection, queries_path)}
-            provenance = _provenance({p.name: md5[p] for p in md5}, params)
+            inputs_md5 = _provenance({p.name: md5[p] for p in md5}, params)
             for system, configs in systems.items():
                 name = system_dataset(system)
                 outs: dict[str, Shards] = {}
@@ -729,7 +744,7 @@ def run(
                     short=skipped[system].short,
                 )
                 header = card_header(f"MS MARCO with hard negatives from {system}", outs)
-                _write_card(stage / name, header + body + provenance)
+                _write_card(stage / name, header + body + inputs_md5 + provenance_section(stage / name))
 
             if not counts:  # raised inside the swap: the previous datasets stay in place
                 raise DataError(
@@ -741,16 +756,16 @@ def run(
             counts[scores_name] = {"list": n_lists}
             header = card_header(f"MS MARCO cross-encoder scores: {cross_encoder}", {"list": score_rows.out})
             body = SCORES_BODY.format(name=cross_encoder, rows=n_lists, pairs=score_rows.total_pairs)
-            _write_card(
-                stage / scores_name, header + body + _provenance({scores_path.name: md5[scores_path]})
-            )
+            scores_md5 = _provenance({scores_path.name: md5[scores_path]})
+            scores_md5 += provenance_section(stage / scores_name)
+            _write_card(stage / scores_name, header + body + scores_md5)
 
             n_passages, n_queries = passage_out.close(), query_out.close()
             counts[CORPUS] = {"passage": n_passages, "query": n_queries}
             header = card_header("MS MARCO corpus", {"passage": passage_out, "query": query_out})
             body = CORPUS_BODY.format(passages=n_passages, queries=n_queries)
             inputs = {collection.name: md5[collection], queries_path.name: md5[queries_path]}
-            _write_card(corpus, header + body + _provenance(inputs))
+            _write_card(corpus, header + body + _provenance(inputs) + provenance_section(corpus))
     finally:
         for writer in writers:  # closes what a failure left open (the staging directory is removed)
             writer.abort()
@@ -783,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.path("hf"),
             cfg.cross_encoder.name,
             cfg.hf_export,
+            provenance=prov.collect(cfg, "hf_export", prov.stage_models(cfg, True, cross_encoder=True)),
         ),
     )
 

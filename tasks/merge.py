@@ -16,6 +16,9 @@ It never replaces a good file with an empty one: an empty or truncated qrels or 
 inputs that share no query (0 lines to write), fail with one line naming the file (exit 1)
 and leave the previous ``msmarco-hard-negatives.jsonl.gz`` as it was.
 
+The CLI also writes ``msmarco-hard-negatives.jsonl.gz.provenance.json`` beside it
+(:mod:`tasks.provenance`: input md5s, the bi-encoders' resolved revisions, packages, params).
+
     python -m tasks.merge
 """
 
@@ -30,7 +33,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tasks import provenance
 from tasks.cli import run_stage, stage_parser
+from tasks.config import Config
 from tasks.io import DataError, write_json
 from tasks.records import (
     HardNegatives,
@@ -166,16 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         "python -m tasks.merge --params params.yaml",
     )
     args = parser.parse_args(argv)
-    return run_stage(
-        args.params,
-        lambda cfg: run(
-            ["bm25", *cfg.systems],
-            cfg.path("negatives"),
-            cfg.input_path("qrels_train"),
-            cfg.path("out") / OUT_NAME,
-            cfg.path("metrics") / "merge.json",
-        ),
-    )
+
+    def work(cfg: Config) -> None:
+        out = cfg.path("out") / OUT_NAME
+        run(["bm25", *cfg.systems], cfg.path("negatives"), cfg.input_path("qrels_train"), out,
+            cfg.path("metrics") / "merge.json")  # fmt: skip
+        models = provenance.stage_models(cfg, systems=True, cross_encoder=False)  # the bi-encoders
+        provenance.record_file(cfg, "merge", out, models)
+
+    return run_stage(args.params, work)
 
 
 if __name__ == "__main__":

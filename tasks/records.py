@@ -5,6 +5,9 @@ Formats (kept exactly as users exchange them):
 - collection / queries: ``id \\t text`` per line (``collection.tsv``, ``queries.*.tsv``).
 - qrels: TREC ``qid 0 pid rel`` (tabs in MS MARCO's files, spaces in TREC DL's).
 - run: TREC ``qid Q0 pid rank score tag``.
+- top1000: the official re-ranking candidates ``qid<TAB>pid<TAB>query<TAB>passage``
+  (``top1000.dev``, ``msmarco-passagetest2019-top1000.tsv``), unscored and in random order:
+  read as each query's candidate set, never as a ranking (:func:`read_candidates`).
 - hits: the per-system mining artifact, Parquet with columns
   ``qid:int64, rank:int32, pid:int64, score:float32``, sorted by (qid, rank).
 
@@ -184,35 +187,106 @@ def write_run(path: str | Path, hits: Iterable[Hit], tag: str) -> None:
             fh.write(f"{h.qid} Q0 {h.pid} {h.rank} {h.score:.6f} {tag}\n")
 
 
-def read_top1000(path: str | Path) -> Iterator[Hit]:
-    """The official re-ranking candidates (``top1000.dev``: ``qid<TAB>pid<TAB>query<TAB>passage``).
+class Candidates(NamedTuple):
+    """One evaluation set's re-ranking candidates, as the re-ranking stages take them.
 
-    The list carries no scores: each query's hits are ranked in file order, score 0.
+    ``sets`` maps each query (qids ascending) to the pids to re-rank. A TREC run is ranked, so
+    it is cut at the caller's depth (its pids in rank order); an official ``top1000`` list is
+    unordered ("ordered by random"), so nothing is cut: every candidate of every query is kept,
+    pids ascending, and the file's order cannot change what is re-ranked.
+    """
+
+    path: Path
+    ordered: bool  # True: a ranked TREC run cut at ``depth``; False: an unordered list, taken whole
+    depth: int | None  # the cut of an ordered run; None for an unordered list
+    listed: int  # candidate rows in the file
+    sets: dict[int, list[int]]
+
+    @property
+    def kept(self) -> int:
+        """Candidates handed to the re-ranker (``listed`` for an unordered list)."""
+        return sum(len(p) for p in self.sets.values())
+
+    def summary(self) -> dict[str, object]:
+        """What was re-ranked, for logs and metrics (JSON-ready, stable keys)."""
+        return {
+            "candidates": self.path.name,
+            "ordered": self.ordered,
+            "depth": self.depth,
+            "queries": len(self.sets),
+            "listed": self.listed,
+            "reranked": self.kept,
+        }
+
+    def describe(self) -> str:
+        """One log line: how many candidates of how many queries are re-ranked, and why."""
+        how = f"top {self.depth} of a ranked run" if self.ordered else "all of an unordered list"
+        return (
+            f"{self.path.name}: re-ranking {self.kept:,} of {self.listed:,} candidates "
+            f"({how}) for {len(self.sets):,} queries"
+        )
+
+
+def read_top1000(path: str | Path) -> dict[int, list[int]]:
+    """Each query's candidate SET of an official list (``top1000.dev``,
+    ``msmarco-passagetest2019-top1000.tsv``: ``qid<TAB>pid<TAB>query<TAB>passage``).
+
+    The lists are unscored and in random order, so a line's position means nothing and no rank
+    is returned: qids ascending, each with its pids ascending. A line without the four fields, a
+    non-integer id or a pid listed twice for a query raises a DataError naming ``file:line``; so
+    does an empty file.
     """
     path = Path(path)
-    ranks: dict[int, int] = {}
+    sets: dict[int, set[int]] = defaultdict(set)
     for lineno, line in iter_lines(path):
         if not line:
             continue
-        parts = line.split("\t", 2)
-        if len(parts) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'qid<TAB>pid<TAB>query<TAB>passage'")
+        parts = line.split("\t", 3)
+        if len(parts) != 4:
+            found = "no tab" if len(parts) == 1 else f"{len(parts)} fields"
+            raise DataError(f"{path}:{lineno}: expected 'qid<TAB>pid<TAB>query<TAB>passage', found {found}")
         qid = _int(parts[0], path, lineno, "qid")
         pid = _int(parts[1], path, lineno, "pid")
-        ranks[qid] = rank = ranks.get(qid, 0) + 1
-        yield Hit(qid, pid, rank, 0.0)
-    if not ranks:
+        pids = sets[qid]
+        if pid in pids:
+            raise DataError(f"{path}:{lineno}: pid {pid} is listed twice for qid {qid}; delete one line")
+        pids.add(pid)
+    if not sets:
         raise empty_file(path, "candidates", "top1000")
+    return {qid: sorted(sets[qid]) for qid in sorted(sets)}
 
 
-def read_candidates(path: str | Path) -> Iterator[Hit]:
-    """Re-ranking candidates: a TREC run (``*.trec``) or an official ``top1000`` list."""
+def is_trec_run(path: str | Path) -> bool:
+    """Candidates named ``*.trec`` (``.gz`` or not) are a ranked TREC run; others an official list."""
+    return Path(path).name.removesuffix(".gz").endswith(".trec")
+
+
+def check_candidates(path: str | Path) -> Path:
+    """``path`` if the candidates exist, else FileNotFoundError naming the stage that makes them."""
     path = Path(path)
-    trec = path.name.removesuffix(".gz").endswith(".trec")
     if not path.exists():
-        stage = "the bm25_mine stage" if trec else "the download stage"
+        stage = "the bm25_mine stage" if is_trec_run(path) else "the download stage"
         raise FileNotFoundError(f"{path}: re-ranking candidates not found; run {stage} first")
-    return read_run(path) if trec else read_top1000(path)
+    return path
+
+
+def read_candidates(path: str | Path, depth: int) -> Candidates:
+    """The re-ranking candidates of one set: a TREC run (``*.trec``) cut at each query's top
+    ``depth`` by its rank column, or an official ``top1000`` list taken whole (``depth`` does
+    not apply: a randomly ordered list has no top). See :class:`Candidates`."""
+    if depth < 1:
+        raise ValueError(f"depth must be positive, got {depth}")
+    path = check_candidates(path)
+    if not is_trec_run(path):
+        sets = read_top1000(path)
+        return Candidates(path, False, None, sum(len(p) for p in sets.values()), sets)
+    ranked: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    listed = 0
+    for h in read_run(path):
+        ranked[h.qid].append((h.rank, h.pid))
+        listed += 1
+    cut = {qid: [pid for _, pid in sorted(ranked[qid])[:depth]] for qid in sorted(ranked)}
+    return Candidates(path, True, depth, listed, cut)
 
 
 def read_run(path: str | Path) -> Iterator[Hit]:

@@ -1,14 +1,20 @@
 """The evaluation report: Markdown table (also the Prefect artifact), HTML page and PNG figures.
 
 Figures are drawn with matplotlib's Agg backend and saved without metadata, so the same
-figures give the same bytes.
+figures give the same bytes. What the metrics alone do not say comes from the config as
+:class:`ReportLabels` (:func:`report_labels`): which candidate list each re-ranking figure
+re-ranks (``Config.candidates_label``), so the figures can be set beside published tables, and
+which systems are smoke models (``smoke: true``: tiny random models built for the offline
+sample), whose figures the report says plainly, at the top, mean nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -18,14 +24,14 @@ import numpy as np  # noqa: E402
 
 from tasks.io import atomic_dir  # noqa: E402
 
+if TYPE_CHECKING:
+    from tasks.config import Config
+
 log = logging.getLogger(__name__)
 
-RUN_LABELS = {
-    "dev.full": "MS MARCO dev, full retrieval",
-    "dev.rerank": "MS MARCO dev, re-ranking BM25 top-k",
-    "dl19.full": "TREC DL 2019, full retrieval",
-    "dl19.rerank": "TREC DL 2019, re-ranking BM25 top-k",
-}
+CROSS_ENCODER = "cross-encoder"  # the cross-encoder's row (its run directory) in retrieval.json
+SPLITS = {"dev": "MS MARCO dev", "dl19": "TREC DL 2019"}
+SHORT = {"dev": "dev", "dl19": "DL19"}
 PNG_META = {"Software": None}
 METHOD = [
     "How the figures are computed:",
@@ -38,10 +44,75 @@ METHOD = [
 ]
 
 
+@dataclass(frozen=True)
+class ReportLabels:
+    """What the report says beside the figures, from the config (:func:`report_labels`).
+
+    ``candidates``: per split (``dev`` | ``dl19``) the candidate list the bi-encoders re-rank;
+    ``ce_candidates``: the same for the cross-encoder (it re-ranks fewer: ``ce_rerank_depth``);
+    ``smoke``: systems (rows, the cross-encoder as ``cross-encoder``) that are smoke models;
+    ``cross_encoder``: the cross-encoder's name (``cross_encoder.name``). Empty labels (the
+    default) fall back to "re-ranking" and mark no system as smoke.
+    """
+
+    candidates: dict[str, str] = field(default_factory=dict)
+    ce_candidates: dict[str, str] = field(default_factory=dict)
+    smoke: tuple[str, ...] = ()
+    cross_encoder: str = ""
+
+
+def report_labels(cfg: Config) -> ReportLabels:
+    """The :class:`ReportLabels` of a loaded config."""
+    smoke = [name for name, system in cfg.systems.items() if system.smoke]
+    if cfg.cross_encoder.smoke:
+        smoke.append(CROSS_ENCODER)
+    depth = cfg.evaluate.ce_rerank_depth
+    return ReportLabels(
+        candidates={split: cfg.candidates_label(split) for split in SPLITS},
+        ce_candidates={split: cfg.candidates_label(split, depth) for split in SPLITS},
+        smoke=tuple(smoke),
+        cross_encoder=cfg.cross_encoder.name,
+    )
+
+
+def run_label(run_key: str, labels: ReportLabels, system: str | None = None) -> str:
+    """``dev.rerank`` -> ``MS MARCO dev, re-ranking BM25 top-1000 (this run)`` (a figure title)."""
+    split, _, mode = run_key.partition(".")
+    name = SPLITS.get(split, split)
+    if mode == "full":
+        return f"{name}, full retrieval"
+    which = labels.ce_candidates if system == CROSS_ENCODER else labels.candidates
+    return f"{name}, re-ranking {which[split]}" if split in which else f"{name}, re-ranking"
+
+
+def smoke_notice(labels: ReportLabels) -> str:
+    """A Markdown paragraph saying which systems are smoke models and what that means; ``""``
+    when none is."""
+    if not labels.smoke:
+        return ""
+    bi = [f"`{n}`" for n in labels.smoke if n != CROSS_ENCODER]
+    ce = f"the cross-encoder (`{labels.cross_encoder}`)" if labels.cross_encoder else "the cross-encoder"
+    names = bi + ([ce] if CROSS_ENCODER in labels.smoke else [])
+    listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    text = (
+        f"**Smoke models: their figures mean nothing about retrieval quality.** {listed} "
+        f"{'are' if len(names) > 1 else 'is a'} tiny random model{'s' if len(names) > 1 else ''} "
+        "(`smoke: true` in params.yaml) that the pipeline builds for the offline sample; "
+        "their figures only prove that the pipeline runs."
+    )
+    if CROSS_ENCODER in labels.smoke:
+        text += (
+            " The cross-encoder being one, its re-ranking, its score distributions and the "
+            "denoising counts mean nothing either."
+        )
+    wrapped = textwrap.wrap(text, 96, break_on_hyphens=False, break_long_words=False)
+    return "\n".join("> " + line for line in wrapped) + "\n"
+
+
 def _order(metrics: dict[str, Any]) -> list[str]:
     """bm25 first, the cross-encoder last, the rest by name (retrieval.json is key-sorted)."""
-    rest = sorted(n for n in metrics if n not in ("bm25", "cross-encoder"))
-    return [n for n in ("bm25",) if n in metrics] + rest + [n for n in ("cross-encoder",) if n in metrics]
+    rest = sorted(n for n in metrics if n not in ("bm25", CROSS_ENCODER))
+    return [n for n in ("bm25",) if n in metrics] + rest + [n for n in (CROSS_ENCODER,) if n in metrics]
 
 
 def _cell(entry: dict[str, Any], split: str, mode: str, key: str) -> str:
@@ -49,12 +120,40 @@ def _cell(entry: dict[str, Any], split: str, mode: str, key: str) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def report_markdown(metrics: dict[str, Any]) -> str:
-    """The evaluation tables (values x 100) of a ``retrieval.json`` dict, as Markdown."""
+def _name(name: str, labels: ReportLabels) -> str:
+    return f"{name} (smoke)" if name in labels.smoke else name
+
+
+def _legend(metrics: dict[str, Any], labels: ReportLabels) -> list[str]:
+    """One line per split that has re-ranking figures: the candidate list each system re-ranks."""
+    out = []
+    for split in SPLITS:
+        rerankers = [n for n, e in metrics.items() if "rerank" in e.get(split, {})]
+        if not rerankers or split not in labels.candidates:
+            continue
+        bi, ce = labels.candidates[split], labels.ce_candidates.get(split, labels.candidates[split])
+        text = f"- {SHORT[split]} re-rank: "
+        if CROSS_ENCODER in rerankers and ce != bi:
+            others = [n for n in rerankers if n != CROSS_ENCODER]
+            text += (f"bi-encoders re-rank {bi}; " if others else "") + f"the cross-encoder re-ranks {ce}"
+        else:
+            text += f"each system re-ranks {bi}"
+        out.append(text)
+    return out
+
+
+def report_markdown(metrics: dict[str, Any], labels: ReportLabels | None = None, notice: bool = True) -> str:
+    """The evaluation tables (values x 100) of a ``retrieval.json`` dict, as Markdown.
+
+    ``labels`` name the re-ranking candidates and the smoke systems; ``notice``: open with the
+    smoke-model notice (the pipeline summary puts it at its own top instead).
+    """
+    labels = labels or ReportLabels()
     names = _order(metrics)
-    lines = [
-        "| System | MRR@10 dev (full) | MRR@10 dev (re-rank) "
-        "| NDCG@10 DL19 (full) | NDCG@10 DL19 (re-rank) |",
+    head = smoke_notice(labels) if notice else ""
+    lines = [head] if head else []
+    lines += [
+        "| System | dev MRR@10 full | dev MRR@10 re-rank | DL19 NDCG@10 full | DL19 NDCG@10 re-rank |",
         "|---|---:|---:|---:|---:|",
     ]
     skipped = []
@@ -70,7 +169,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             _cell(entry, "dl19", "full", "ndcg@10"),
             _cell(entry, "dl19", "rerank", "ndcg@10"),
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_name(name, labels)} | " + " | ".join(cells) + " |")
+    lines += ["", "Figures x 100; full: retrieval over the whole corpus.", *_legend(metrics, labels)]
     ks = sorted(
         {
             int(key.split("@")[1])
@@ -92,9 +192,48 @@ def report_markdown(metrics: dict[str, Any]) -> str:
                 for mode in ("full", "rerank"):
                     if mode in entry.get(split, {}):
                         cells = [_cell(entry, split, mode, f"recall@{k}") for k in ks]
-                        lines.append(f"| {name} | {split} {mode} | " + " | ".join(cells) + " |")
+                        run = f"{SHORT[split]} {'re-rank' if mode == 'rerank' else mode}"
+                        lines.append(f"| {_name(name, labels)} | {run} | " + " | ".join(cells) + " |")
     if skipped:
         lines += ["", "Skipped systems:", "", *skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def denoise_markdown(metrics: dict[str, Any]) -> str:
+    """The negatives each denoising rule drops, per system, of a ``denoise.json`` dict.
+
+    Both rules on the same data (``by_rule``); a file written before ``by_rule`` existed shows
+    the rule used only.
+    """
+    used = metrics["rule"]
+    key = "margin" if used == "absolute" else "relative"
+    by_rule = metrics.get("by_rule") or {
+        used: {key: metrics[key], "systems": metrics["systems"], "total": metrics["total"]}
+    }
+    heads = []
+    for rule, block in by_rule.items():
+        param = f"margin {block['margin']:g}" if rule == "absolute" else f"{100 * block['relative']:g}%"
+        heads.append(f"{rule}, {param}" + (" (used)" if rule == used else ""))
+    lines = [
+        "Negatives each denoising rule drops on the same data (m = min CE(pos); absolute keeps "
+        "CE(neg) <= m - margin, relative keeps sigmoid(CE(neg)) <= share x sigmoid(m)):",
+        "",
+        "| System | candidates | " + " | ".join(heads) + " |",
+        "|---|---:|" + "---:|" * len(heads),
+    ]
+    rows = [(name, c["candidates"]) for name, c in metrics["systems"].items()]
+    rows.append(("total", metrics["total"]["candidates"]))
+    for name, candidates in rows:
+        cells = []
+        for block in by_rule.values():
+            c = block["total"] if name == "total" else block["systems"][name]
+            cells.append(f"{_count(c['dropped'])} ({100 * c['dropped_share']:.1f}%)")
+        label = "**total**" if name == "total" else name
+        lines.append(f"| {label} | {_count(candidates)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,16 +242,33 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def _recall_figure(run_key: str, per_system: dict[str, list[tuple[int, float]]], path: Path) -> None:
+def _curve_label(run_key: str, name: str, labels: ReportLabels) -> str:
+    """A legend entry: the system, ``(smoke)``, and the cross-encoder's own candidate list when
+    it re-ranks another one than the bi-encoders (fewer candidates)."""
+    text = _name(name, labels)
+    split = run_key.partition(".")[0]
+    if run_key.endswith(".rerank") and name == CROSS_ENCODER:
+        ce = labels.ce_candidates.get(split)
+        if ce is not None and ce != labels.candidates.get(split):
+            text += f", re-ranks {ce}"
+    return text
+
+
+def _recall_figure(
+    run_key: str, per_system: dict[str, list[tuple[int, float]]], path: Path, labels: ReportLabels
+) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name in sorted(per_system):
         ks, vs = zip(*per_system[name], strict=True)
-        ax.plot(ks, vs, marker="o", markersize=3, label=name)
+        ax.plot(ks, vs, marker="o", markersize=3, label=_curve_label(run_key, name, labels))
     ax.set_xscale("log")
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k")
     ax.set_ylim(0, 1.02)
-    ax.set_title(RUN_LABELS.get(run_key, run_key))
+    title = textwrap.fill(run_label(run_key, labels), 80, break_on_hyphens=False)
+    if any(name in labels.smoke for name in per_system):
+        title += "\n(smoke) = smoke model: its curve means nothing"
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -146,7 +302,7 @@ def _overlap_figure(rows: list[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def _score_figure(hist: list[dict[str, float]], path: Path) -> None:
+def _score_figure(hist: list[dict[str, float]], path: Path, smoke: bool) -> None:
     left = np.array([h["bin_left"] for h in hist])
     width = np.array([h["bin_right"] - h["bin_left"] for h in hist])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -154,7 +310,8 @@ def _score_figure(hist: list[dict[str, float]], path: Path) -> None:
     ax.bar(left, [h["negatives"] for h in hist], width=width, align="edge", alpha=0.6, label="negatives")
     ax.set_xlabel("cross-encoder score")
     ax.set_ylabel("fraction of pairs")
-    ax.set_title("Cross-encoder scores: positives vs mined negatives")
+    title = "Cross-encoder scores: positives vs mined negatives"
+    ax.set_title(title + ("\n(smoke cross-encoder: the scores mean nothing)" if smoke else ""), fontsize=9)
     ax.legend()
     fig.tight_layout()
     _save(fig, path)
@@ -182,24 +339,24 @@ def write_report(
     overlap: list[dict[str, Any]],
     hist: list[dict[str, float]],
     notes: list[str],
+    labels: ReportLabels | None = None,
 ) -> None:
-    """Write ``report.md``, ``report.html`` and the PNG figures into ``report_dir`` (atomically)."""
-    parts = ["# Evaluation", "", report_markdown(metrics), *METHOD, ""]
+    """Write ``report.md``, ``report.html`` and the PNG figures into ``report_dir`` (atomically).
+
+    ``labels``: the candidate lists and smoke systems (:func:`report_labels`).
+    """
+    labels = labels or ReportLabels()
+    parts = ["# Evaluation", "", report_markdown(metrics, labels), *METHOD, ""]
     with atomic_dir(report_dir) as stage:
         for run_key in sorted(curves):
             png = f"recall_{run_key.replace('.', '_')}.png"
-            _recall_figure(run_key, curves[run_key], stage / png)
-            parts += [
-                f"## Recall@k: {RUN_LABELS.get(run_key, run_key)}",
-                "",
-                f"![recall@k {run_key}]({png})",
-                "",
-            ]
+            _recall_figure(run_key, curves[run_key], stage / png, labels)
+            parts += [f"## Recall@k: {run_label(run_key, labels)}", "", f"![recall@k {run_key}]({png})", ""]
         if overlap:
             _overlap_figure(overlap, stage / "negatives_overlap.png")
             parts += ["## Overlap of mined negatives", "", "![negative overlap](negatives_overlap.png)", ""]
         if hist:
-            _score_figure(hist, stage / "ce_scores.png")
+            _score_figure(hist, stage / "ce_scores.png", CROSS_ENCODER in labels.smoke)
             parts += [
                 "## Cross-encoder score distributions",
                 "",

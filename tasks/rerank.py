@@ -1,12 +1,16 @@
-"""Stage ``ce_rerank``: the cross-encoder re-ranks each query's top candidates (for ``evaluate``).
+"""Stage ``ce_rerank``: the cross-encoder re-ranks each query's candidates (for ``evaluate``).
 
 For each evaluation set (``dev``: ``inputs.queries_dev``; ``dl19``: ``inputs.queries_dl19``) it
-reads the set's candidates (``paths.runs/bm25/<set>.full.trec``, or for dev the official
-``inputs.top1000_dev`` with ``evaluate.dev_candidates: top1000``), keeps each query's top
-``evaluate.ce_rerank_depth`` hits, scores them with the cross-encoder of ``cross_encoder.*``
-(the same length-bucketed, executor-dispatchable shards as the ``score`` stage) and writes
-``paths.runs/cross-encoder/<set>.rerank.trec`` sorted by score (ties: pid ascending), tag
-``cross-encoder``. Missing query or passage ids raise a DataError naming them.
+reads the set's candidates (:meth:`tasks.config.Config.candidates`: ``evaluate.dev_candidates`` /
+``evaluate.dl19_candidates``). Our BM25 run (``paths.runs/bm25/<set>.full.trec``) is ranked and is
+cut at each query's top ``evaluate.ce_rerank_depth``; an official list (``inputs.top1000_dev``,
+``inputs.top1000_dl19``) is in random order, so EVERY candidate of every query is re-ranked, as
+the official re-ranking task does (no depth applies). The pairs are scored with the cross-encoder
+of ``cross_encoder.*`` (the same length-bucketed, executor-dispatchable shards as the ``score``
+stage) into ``paths.runs/cross-encoder/<set>.rerank.trec`` sorted by score (ties: pid ascending),
+tag ``cross-encoder``, and ``<set>.rerank.json`` beside it records what was re-ranked (the
+candidate file, ordered or not, the depth, queries, candidates listed and re-ranked). Missing
+query or passage ids raise a DataError naming them.
 
 Resumable like ``score``: the shards go through the same content-addressed cache
 ``paths.score_cache`` (:func:`tasks.score.score_resumable`, keyed by the model identity with
@@ -26,7 +30,8 @@ import numpy as np
 
 from tasks.cli import run_stage, stage_parser
 from tasks.config import ROOT, Config, CrossEncoderCfg
-from tasks.records import Hit, read_candidates, write_run
+from tasks.io import write_json
+from tasks.records import Candidates, Hit, read_candidates, write_run
 from tasks.score import ModelSpec, load_texts, score_resumable
 
 log = logging.getLogger(__name__)
@@ -35,18 +40,11 @@ SETS = {"dev": "queries_dev", "dl19": "queries_dl19"}
 TAG = "cross-encoder"
 
 
-def top_hits(run_path: Path, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """(qid, pid) of each query's top ``depth`` candidates, sorted by (qid, rank)."""
-    hits = sorted((h.qid, h.rank, h.pid) for h in read_candidates(run_path))
-    qids: list[int] = []
-    pids: list[int] = []
-    seen: dict[int, int] = {}
-    for qid, _rank, pid in hits:
-        if seen.get(qid, 0) < depth:
-            seen[qid] = seen.get(qid, 0) + 1
-            qids.append(qid)
-            pids.append(pid)
-    return np.asarray(qids, np.int64), np.asarray(pids, np.int64)
+def top_hits(candidates: Candidates) -> tuple[np.ndarray, np.ndarray]:
+    """(qid, pid) of every candidate to re-rank, qids ascending (pids in the list's order)."""
+    qids = np.fromiter((q for q, pids in candidates.sets.items() for _ in pids), np.int64, candidates.kept)
+    pids = np.fromiter((p for plist in candidates.sets.values() for p in plist), np.int64, candidates.kept)
+    return qids, pids
 
 
 def run(
@@ -60,12 +58,15 @@ def run(
     executor: Executor | None = None,
     cache_dir: Path | None = None,
 ) -> int:
-    """Re-rank one candidate list (a BM25 run or ``top1000``); returns the number of queries written.
+    """Re-rank one candidate list (a BM25 run cut at ``depth``, or an official ``top1000`` list
+    in full); returns the number of queries written.
 
     ``cache_dir`` (``paths.score_cache``) keeps finished shards to resume from; ``None`` keeps
     them in memory only.
     """
-    qids, pids = top_hits(run_path, depth)
+    candidates = read_candidates(run_path, depth)
+    log.info("%s", candidates.describe())
+    qids, pids = top_hits(candidates)
     queries, passages = load_texts(collection, queries_path, qids, pids, str(run_path))
     spec = ModelSpec.from_cfg(ce, model_path)  # resolves device/dtype here, once
     scores = score_resumable(
@@ -78,17 +79,19 @@ def run(
         rank = 1 if not hits or hits[-1].qid != qids[i] else rank + 1
         hits.append(Hit(int(qids[i]), int(pids[i]), rank, float(scores[i])))
     write_run(out_path, hits, TAG)
-    n_queries = len(np.unique(qids))
-    log.info("%s: re-ranked top %d of %d queries -> %s", run_path.name, depth, n_queries, out_path)
+    write_json(out_path.with_suffix(".json"), candidates.summary())
+    n_queries = len(candidates.sets)
+    log.info("%s: re-ranked %d candidates of %d queries -> %s", run_path.name, len(qids), n_queries, out_path)
     return n_queries
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(
         "tasks.rerank",
-        "Re-rank the top evaluate.ce_rerank_depth candidates of paths.runs/bm25/{dev,dl19}.full.trec "
-        "(dev: the official top1000 list with evaluate.dev_candidates: top1000) with the cross-encoder; "
-        "write paths.runs/cross-encoder/{dev,dl19}.rerank.trec for the evaluate stage.",
+        "Re-rank each dev/DL19 query's candidates with the cross-encoder: the top evaluate.ce_rerank_depth "
+        "of our BM25 run, or ALL of the official top-1000 list (evaluate.dev_candidates / dl19_candidates: "
+        "top1000; it is in random order, so no depth applies); write paths.runs/cross-encoder/"
+        "{dev,dl19}.rerank.trec (+ .json: what was re-ranked) for the evaluate stage.",
         "python -m tasks.rerank --params params.yaml --sets dev dl19",
     )
     parser.add_argument(

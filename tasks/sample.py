@@ -10,6 +10,8 @@ download, unpack and parsing code as the full profile:
   ``No Answer Present.`` answers and ``wellFormedAnswers`` equal to the string ``"[]"``.
 - ``top1000.dev.tar.gz``: ``top1000.dev``, re-ranking candidates for the dev queries
   (``qid<TAB>pid<TAB>query<TAB>passage``, 50 per query, unscored, in no particular order).
+- ``msmarco-passagetest2019-top1000.tsv.gz``: the same format for every TREC DL 2019 query
+  (100 per query, random order), gzipped as the official TREC DL 2019 candidate list.
 
 The text is synthetic but English-like: each entity (a lake, a city, a disease...) has
 three passages on different aspects, and a query names the entity and the aspect, so BM25
@@ -230,6 +232,9 @@ FILLER = [
 ]
 TYPE_PREFIX = {"lake": "Lake ", "city": "", "disease": "", "company": "", "animal": ""}
 TYPE_SUFFIX = {"lake": "", "city": "", "disease": " fever", "company": " Industries", "animal": " lemur"}
+
+
+DL19_DEPTH = 100  # candidates per DL19 query: as many as the cross-encoder re-ranked of BM25's before
 
 
 @dataclass(frozen=True)
@@ -458,6 +463,10 @@ def build(seed: int = 20261122, n_entities: int = 1000) -> dict[str, bytes]:
         "top1000.dev.tar.gz": _tar_gz(
             {"top1000.dev": _top1000(dev_q, dev_docs, docs, by_entity, random.Random(seed + 2))}
         ),
+        # the DL19 list: a random stream of its own too, so no other file changed when it came
+        "msmarco-passagetest2019-top1000.tsv.gz": _gzip(
+            _top1000(dl_q, dl_docs, docs, by_entity, random.Random(seed + 3), depth=DL19_DEPTH)
+        ),
     }
     return files
 
@@ -470,6 +479,7 @@ SOURCES = {
     "train_v2.1.json.gz": ("qa_train", "none"),
     "dev_v2.1.json.gz": ("qa_dev", "none"),
     "top1000.dev.tar.gz": ("top1000_dev", "untar"),
+    "msmarco-passagetest2019-top1000.tsv.gz": ("dl19_top1000", "gunzip"),
 }
 
 

@@ -26,7 +26,8 @@ once -- and scores them with a sentence-transformers ``CrossEncoder`` (``cross_e
   (qid, pid)) and ``manifest.json`` (model identity with the resolved device/dtype, per shard
   rows and input / score hashes), ``paths.out/<cross_encoder.name>-scores.pkl.gz`` (published pickle
   ``dict[qid, dict[pid, score]]``) and ``paths.metrics/score.json`` (pairs mentioned,
-  distinct pairs, share saved by deduplication, empty passages).
+  distinct pairs, share saved by deduplication, empty passages). The CLI writes the pickle's
+  provenance record ``<name>-scores.pkl.gz.provenance.json`` beside it (:mod:`tasks.provenance`).
 
 Bad input: a pid missing from the collection or a qid missing from the training queries
 raises :class:`~tasks.io.DataError` (count + first examples). Empty passages are scored as
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tasks import provenance
 from tasks.cli import run_stage, stage_parser
 from tasks.config import ROOT, Config, CrossEncoderCfg
 from tasks.io import (
@@ -619,19 +621,24 @@ def main(argv: list[str] | None = None) -> int:
     def work(cfg: Config) -> None:
         from tasks.scaleout import executor
 
+        pickle_path = cfg.path("out") / f"{cfg.cross_encoder.name}-scores.pkl.gz"
         with executor(cfg.orchestration, device=cfg.cross_encoder.device) as ex:  # 1 worker per GPU
             run(
                 cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
                 cfg.input_path("collection"),
                 cfg.input_path("queries_train"),
                 cfg.path("scores"),
-                cfg.path("out") / f"{cfg.cross_encoder.name}-scores.pkl.gz",
+                pickle_path,
                 cfg.cross_encoder,
                 model_path=resolve_model(cfg.cross_encoder.model, ROOT),
                 executor=ex,
                 stats_path=cfg.path("metrics") / "score.json",
                 cache_dir=cfg.path("score_cache"),
             )
+        # the model's identity as run() hashed it for the manifest: its weights are hashed once
+        known = {"cross_encoder": read_json(cfg.path("scores") / "manifest.json")["model"]["revision"]}
+        models = provenance.stage_models(cfg, systems=False, cross_encoder=True, known=known)
+        provenance.record_file(cfg, "score", pickle_path, models)
 
     return run_stage(args.params, work)
 

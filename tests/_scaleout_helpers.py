@@ -287,7 +287,7 @@ def stage_params(world: StageWorld, root: Path, **orchestration: Any) -> Path:
     data["cross_encoder"].update(
         model=str(world.cross_encoder), shard_size=50, max_length=64, batch_size=8, device="cpu", dtype="fp32"
     )
-    data["evaluate"].update(dev_candidates="bm25", ce_rerank_depth=4)
+    data["evaluate"].update(dev_candidates="bm25", dl19_candidates="bm25", ce_rerank_depth=4)
     data["orchestration"].update(orchestration)
     (root / "out").mkdir(parents=True, exist_ok=True)
     shutil.copy(world.negatives, root / "out" / world.negatives.name)

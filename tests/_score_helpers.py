@@ -241,7 +241,7 @@ def dvc_project(dest: Path, models_ce: Path, collection: Path, n_queries: int = 
     data["cross_encoder"].update(
         model=CE_DIR, shard_size=8, batch_size=4, max_length=64, device="cpu", dtype="fp32"
     )
-    data["evaluate"].update(ce_rerank_depth=12, dev_candidates="bm25")
+    data["evaluate"].update(ce_rerank_depth=12, dev_candidates="bm25", dl19_candidates="bm25")
     data["orchestration"]["local_workers"] = 1
     (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
@@ -264,6 +264,8 @@ def dvc_project(dest: Path, models_ce: Path, collection: Path, n_queries: int = 
         write_run(dest / data["paths"]["runs"] / "bm25" / f"{name}.full.trec", hits, "bm25")
     inputs["top1000_dev"].parent.mkdir(parents=True, exist_ok=True)
     inputs["top1000_dev"].write_text("")  # a dep of ce_rerank; unused with dev_candidates: bm25
+    inputs["top1000_dl19"].parent.mkdir(parents=True, exist_ok=True)
+    inputs["top1000_dl19"].write_text("")  # likewise, with dl19_candidates: bm25
     shutil.rmtree(dest / "world")
 
     # the reference: the same stages, uninterrupted, on other output paths and an empty cache;

@@ -117,6 +117,25 @@ def test_dev_candidates_choose_the_rerank_input(tmp_path):
     assert cfg.candidates("dev") == ROOT / "data/sample/runs/bm25/dev.full.trec"
     official = load_config(_write(tmp_path, lambda d: d["evaluate"].update(dev_candidates="top1000")))
     assert official.candidates("dev") == ROOT / "data/sample/raw/top1000_dev/top1000.dev"
-    assert official.candidates("dl19") == cfg.candidates("dl19")  # DL19 has no official list here
+    assert official.candidates("dl19") == cfg.candidates("dl19")  # each set has its own knob
     with pytest.raises(ConfigError, match=r"evaluate\.dev_candidates"):
         load_config(_write(tmp_path, lambda d: d["evaluate"].update(dev_candidates="official")))
+
+
+def test_dl19_candidates_are_the_official_list_registered_and_tracked():
+    """DL19 re-ranks the official list by default (the published setup); the msmarco registry
+    pins it as ir_datasets does; the stages that read the knob and the file declare both."""
+    cfg = load_config()
+    assert cfg.evaluate.dl19_candidates == "top1000"
+    assert cfg.candidates("dl19") == cfg.input_path("top1000_dl19")
+    assert cfg.inputs.top1000_dl19 == "dl19_top1000/msmarco-passagetest2019-top1000.tsv"
+    full = yaml.safe_load(compose("msmarco"))
+    assert full["sources"]["dl19_top1000"] == {
+        "url": "https://msmarco.z22.web.core.windows.net/msmarcoranking/msmarco-passagetest2019-top1000.tsv.gz",
+        "md5": "ec9e012746aa9763c7ff10b3336a3ce1", "size": 26634062, "unpack": "gunzip",
+    }  # fmt: skip
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in (stages["mine"]["do"], stages["ce_rerank"]):
+        assert {"evaluate.dev_candidates", "evaluate.dl19_candidates"} <= set(stage["params"])
+        lists = {"${paths.raw}/${inputs.top1000_dev}", "${paths.raw}/${inputs.top1000_dl19}"}
+        assert lists <= set(stage["deps"])

@@ -198,7 +198,8 @@ def test_mine_on_the_sample(sample: EncodedSample, tmp_path: Path) -> None:
         assert full and max(h.rank for h in full) == 100
         rr = list(read_run(tmp_path / "runs" / f"{name}.rerank.trec"))
         bm25 = {(h.qid, h.pid) for h in read_run(sample.bm25_runs / f"{name}.full.trec") if h.rank <= 20}
-        assert {(h.qid, h.pid) for h in rr} == bm25
+        assert {(h.qid, h.pid) for h in rr} == bm25  # a ranked run: cut at rerank_depth 20
+        assert summary[name]["rerank"]["ordered"] and summary[name]["rerank"]["reranked"] == len(rr)
         scored = {(h.qid, h.pid): h.score for h in full}
         both = [(scored[h.qid, h.pid], h.score) for h in rr if (h.qid, h.pid) in scored]
         assert both and all(a == b for a, b in both)  # one score per pair: full run = re-ranking
@@ -208,23 +209,56 @@ def bm25_candidates(sample: EncodedSample) -> dict[str, Path]:
     return {name: sample.bm25_runs / f"{name}.full.trec" for name in ("dev", "dl19")}
 
 
-def test_rerank_the_official_top1000(sample: EncodedSample, tmp_path: Path) -> None:
-    """dev re-ranks the unscored top1000 list: its first ``depth`` rows per query, in file order."""
+def _official_dl19(dest: Path) -> Path:
+    """The sample's official DL19 list, gunzipped as the download stage does."""
+    import gzip
+
+    from tasks.sample import SAMPLE_DIR
+
+    path = dest / "msmarco-passagetest2019-top1000.tsv"
+    path.write_bytes(gzip.decompress((SAMPLE_DIR / f"{path.name}.gz").read_bytes()))
+    return path
+
+
+def test_rerank_the_official_lists_in_full(sample: EncodedSample, tmp_path: Path) -> None:
+    """dev's top1000.dev (50 per query) and DL19's official list (100 per query) are re-ranked
+    in FULL with rerank_depth 30, and a shuffled copy of the list writes the same bytes."""
+    import random
+
     top = sample.inputs["top1000_dev"]
-    listed: dict[int, list[int]] = {}
-    for line in top.read_text(encoding="utf-8").splitlines():
-        qid, pid, _ = line.split("\t", 2)
-        listed.setdefault(int(qid), []).append(int(pid))
-    candidates = {**bm25_candidates(sample), "dev": top}
-    run("tiny-cos", sample.system, Search(query_chunk=256), Mine(top_k=5, eval_depth=10), 30,
-        sample.emb_dir, sample.inputs["qrels_train"], candidates, tmp_path / "neg.parquet",
-        tmp_path / "runs")  # fmt: skip
-    rr = list(read_run(tmp_path / "runs" / "dev.rerank.trec"))
-    assert {(h.qid, h.pid) for h in rr} == {(q, p) for q, pids in listed.items() for p in pids[:30]}
-    assert {h.qid for h in rr} == set(listed) and len(set(listed)) == 200
-    for qid in listed:  # sorted by the model's score, not the list's order
-        scores = [h.score for h in rr if h.qid == qid]
-        assert scores == sorted(scores, reverse=True)
+    dl19 = _official_dl19(tmp_path)
+    listed: dict[str, dict[int, set[int]]] = {}
+    for name, path in (("dev", top), ("dl19", dl19)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            qid, pid, _ = line.split("\t", 2)
+            listed.setdefault(name, {}).setdefault(int(qid), set()).add(int(pid))
+    lines = top.read_text(encoding="utf-8").splitlines(keepends=True)
+    random.Random(7).shuffle(lines)
+    (tmp_path / "shuffled").mkdir()
+    shuffled = tmp_path / "shuffled" / "top1000.dev"
+    shuffled.write_text("".join(lines), encoding="utf-8")
+    summaries = {}
+    for label, dev in (("file", top), ("shuffled", shuffled)):
+        summaries[label] = run(
+            "tiny-cos", sample.system, Search(query_chunk=256), Mine(top_k=5, eval_depth=10), 30,
+            sample.emb_dir, sample.inputs["qrels_train"], {"dev": dev, "dl19": dl19},
+            tmp_path / label / "neg.parquet", tmp_path / label / "runs",
+        )  # fmt: skip
+    for name, per_query in (("dev", 50), ("dl19", 100)):
+        rr = list(read_run(tmp_path / "file" / "runs" / f"{name}.rerank.trec"))
+        assert {(h.qid, h.pid) for h in rr} == {(q, p) for q, pids in listed[name].items() for p in pids}
+        assert {len(p) for p in listed[name].values()} == {per_query}  # deeper than rerank_depth 30
+        for qid in listed[name]:  # sorted by the model's score, not the list's order
+            scores = [h.score for h in rr if h.qid == qid]
+            assert scores == sorted(scores, reverse=True)
+        assert summaries["file"][name]["rerank"] == {
+            "candidates": (top if name == "dev" else dl19).name, "ordered": False, "depth": None,
+            "queries": len(listed[name]), "listed": len(rr), "reranked": len(rr),
+        }  # fmt: skip
+    assert len(listed["dev"]) == 200 and len(listed["dl19"]) == 50
+    for name in ("dev.rerank.trec", "dl19.rerank.trec"):
+        runs = (tmp_path / label / "runs" / name for label in ("file", "shuffled"))
+        assert next(runs).read_bytes() == next(runs).read_bytes()
 
 
 def test_missing_bm25_run_and_skipped_system(sample: EncodedSample, tmp_path: Path) -> None:

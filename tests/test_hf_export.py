@@ -4,6 +4,7 @@ bytes repeat, bad input names its file and keeps the previous output, and a bi-e
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import random
 import shutil
@@ -18,7 +19,7 @@ import yaml
 
 from tasks.config import HfExport, compose
 from tasks.hf_export import CORPUS, hub_name, main, run, scores_dataset, system_dataset
-from tasks.io import DataError
+from tasks.io import DataError, file_digest
 from tasks.records import (
     HardNegatives,
     read_collection,
@@ -352,6 +353,24 @@ def test_cli_writes_paths_hf_and_exits_1_on_bad_input(
         [CORPUS, "msmarco-scores-smoke-cross-encoder", *(f"msmarco-{s}" for s in SYSTEMS)]
     )
     assert (hf / "msmarco-bm25" / "triplet-5-ids").is_dir()
+    # every folder: provenance.json naming its Parquet files, and the card's Provenance section
+    for folder in hf.iterdir():
+        record = json.loads((folder / "provenance.json").read_text())
+        data_files = sorted(folder.rglob("*.parquet"), key=lambda p: p.as_posix())  # as the record sorts
+        assert [e["path"] for e in record["outputs"]] == [
+            f"${{paths.hf}}/{p.relative_to(hf).as_posix()}" for p in data_files
+        ]
+        assert [e["md5"] for e in record["outputs"]] == [file_digest(p) for p in data_files]
+        assert record["stage"] == "hf_export" and "hf_export" in record["params"]
+        md5 = {e["path"]: e["md5"] for e in record["inputs"]}
+        assert md5["${paths.out}/msmarco-hard-negatives.jsonl.gz"] == file_digest(inputs.negatives)
+        card = (folder / "README.md").read_text()
+        assert "## Provenance" in card and "`cross_encoder`:" in card
+    datasets = pytest.importorskip("datasets")  # the record is no data file: the configs still load
+    ds = datasets.load_dataset(
+        str(hf / "msmarco-bm25"), "triplet-5", split="train", cache_dir=str(tmp_path / "c")
+    )
+    assert ds.num_rows > 0 and "negative_5" in ds.column_names
     before = _tree(hf)
     _truncate(inputs.negatives, tmp_path / "out" / "msmarco-hard-negatives.jsonl.gz")
     with caplog.at_level(logging.ERROR):

@@ -60,22 +60,22 @@ def test_run_roundtrip(tmp_path):
     assert list(read_run(tmp_path / "r.trec")) == hits
 
 
-def test_top1000_candidates_rank_in_file_order(tmp_path):
+def test_candidates_of_a_top1000_list_are_sets_and_of_a_run_its_top(tmp_path):
+    """An official list has no order: its candidates come back as sets (pids ascending, no rank
+    to cut by); a TREC run (by name) is cut at its top ``depth`` by rank. The details (shuffling,
+    the DL19 list, bad lines) are in tests/test_candidates.py."""
     top = tmp_path / "top1000.dev"
     top.write_text("7\t30\tq seven\tp thirty\n5\t10\tq five\tp\tten\n7\t20\tq seven\tp twenty\n")
-    assert list(read_candidates(top)) == [Hit(7, 30, 1, 0.0), Hit(5, 10, 1, 0.0), Hit(7, 20, 2, 0.0)]
-    write_run(tmp_path / "r.trec", [Hit(1, 10, 1, 3.5)], "bm25")
-    assert list(read_candidates(tmp_path / "r.trec")) == [Hit(1, 10, 1, 3.5)]  # TREC runs by name
-    top.write_text("7\t30\tq\tp\n7 31 q p\n")
-    with pytest.raises(DataError, match=r"top1000\.dev:2: expected 'qid<TAB>pid<TAB>query<TAB>passage'"):
-        list(read_candidates(top))
-    top.write_text("7\tx30\tq\tp\n")
-    with pytest.raises(DataError, match=r"top1000\.dev:1: pid 'x30' is not an integer"):
-        list(read_candidates(top))
+    cands = read_candidates(top, depth=1)
+    assert cands.sets == {5: [10], 7: [20, 30]} and not cands.ordered and cands.depth is None
+    assert (cands.listed, cands.kept) == (3, 3)  # depth 1 does not cut an unordered list
+    write_run(tmp_path / "r.trec", [Hit(1, 10, 2, 3.5), Hit(1, 11, 1, 4.0), Hit(2, 9, 1, 1.0)], "bm25")
+    run = read_candidates(tmp_path / "r.trec", depth=1)
+    assert run.sets == {1: [11], 2: [9]} and run.ordered and (run.listed, run.kept) == (3, 2)
     with pytest.raises(FileNotFoundError, match="download stage"):
-        read_candidates(tmp_path / "none" / "top1000.dev")
+        read_candidates(tmp_path / "none" / "top1000.dev", 10)
     with pytest.raises(FileNotFoundError, match="bm25_mine"):
-        read_candidates(tmp_path / "none" / "dev.full.trec")
+        read_candidates(tmp_path / "none" / "dev.full.trec", 10)
 
 
 def test_hits_table_ranks_and_parquet_roundtrip(tmp_path):

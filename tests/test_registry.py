@@ -48,7 +48,9 @@ def test_every_public_model_says_how_it_is_known(msmarco_params: Path) -> None:
 def test_registry_table_flags_the_unevidenced_and_the_skipped(msmarco_params: Path) -> None:
     rows = _rows(registry_markdown(load_config(msmarco_params)))
     assert len(rows) == 12
-    assert rows["distilbert-margin_mse-sym_mnrl-mean-v1"][0] == "sentence-transformers/msmarco-distilbert-dot-v5"
+    assert (
+        rows["distilbert-margin_mse-sym_mnrl-mean-v1"][0] == "sentence-transformers/msmarco-distilbert-dot-v5"
+    )
     assert "not evidenced" in rows["distilbert-margin_mse-sym_mnrl-mean-v1"][2]
     assert "tasks.parity" in rows["distilbert-margin_mse-sym_mnrl-mean-v1"][2]
     assert "not evidenced" not in rows["msmarco-distilbert-base-tas-b"][2]
@@ -63,7 +65,9 @@ def test_smoke_systems_are_labelled_as_such() -> None:
 
 def test_cli_registry_and_check_name_the_unevidenced_system(msmarco_params: Path) -> None:
     run = [sys.executable, "-m", "tasks.config"]
-    table = subprocess.run([*run, "registry", "--params", str(msmarco_params)], capture_output=True, text=True)
+    table = subprocess.run(
+        [*run, "registry", "--params", str(msmarco_params)], capture_output=True, text=True
+    )
     assert table.returncode == 0, table.stderr
     assert "| co-condenser-margin_mse-sym_mnrl-mean-v1 |" in table.stdout
     check = subprocess.run([*run, "check", "--params", str(msmarco_params)], capture_output=True, text=True)

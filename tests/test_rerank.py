@@ -62,20 +62,46 @@ def test_rerank_top_depth(bm25, tmp_path: Path) -> None:
     assert again.read_bytes() == out.read_bytes()
 
 
-def test_rerank_an_official_top1000_list(bm25, tmp_path: Path) -> None:
-    """The unscored list: the first ``depth`` rows of each query in file order are re-ranked."""
+def test_rerank_an_official_top1000_list_in_full(bm25, tmp_path: Path) -> None:
+    """The unscored, randomly ordered list: EVERY candidate of each query is re-ranked whatever
+    the depth, and the file's order changes nothing (a shuffled list writes the same bytes as
+    the same list sorted). The sidecar records what was re-ranked."""
+    import json
+    import random
+
     run_path, queries, collection, ce = bm25
-    rows = [(h.qid, h.pid) for h in read_run(run_path)][::-1]  # reversed: not BM25's order
-    top = tmp_path / "top1000.dev"
-    top.write_text("".join(f"{q}\t{p}\tquery text\tpassage text\n" for q, p in rows))
-    out = tmp_path / "dev.rerank.trec"
-    assert run(top, queries, collection, out, 4, _cfg(), model_path=ce) == 3
-    first = {q: [p for qq, p in rows if qq == q][:4] for q in (11, 22, 33)}
-    got = list(read_run(out))
-    assert {(h.qid, h.pid) for h in got} == {(q, p) for q, ps in first.items() for p in ps}
+    rows = sorted((h.qid, h.pid) for h in read_run(run_path))  # 12 per query
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    outs = {}
+    for name, order in (("sorted", rows), ("shuffled", shuffled)):
+        top = tmp_path / name / "top1000.dev"
+        top.parent.mkdir()
+        top.write_text("".join(f"{q}\t{p}\tquery text\tpassage text\n" for q, p in order))
+        outs[name] = tmp_path / name / "dev.rerank.trec"
+        assert run(top, queries, collection, outs[name], 4, _cfg(), model_path=ce) == 3
+    assert outs["shuffled"].read_bytes() == outs["sorted"].read_bytes()
+    got = list(read_run(outs["shuffled"]))
+    assert {(h.qid, h.pid) for h in got} == set(rows) and len(got) == 36  # depth 4 cut nothing
+    assert json.loads(outs["shuffled"].with_suffix(".json").read_text()) == {
+        "candidates": "top1000.dev", "ordered": False, "depth": None,
+        "queries": 3, "listed": 36, "reranked": 36,
+    }  # fmt: skip
     bm25_way = tmp_path / "bm25.rerank.trec"
     run(run_path, queries, collection, bm25_way, 4, _cfg(), model_path=ce)
-    assert {(h.qid, h.pid) for h in read_run(bm25_way)} != {(h.qid, h.pid) for h in got}
+    assert len(list(read_run(bm25_way))) == 12  # a ranked run IS cut at the depth
+    assert json.loads(bm25_way.with_suffix(".json").read_text())["reranked"] == 12
+
+
+def test_a_candidate_past_the_depth_at_the_end_of_the_list_is_re_ranked(bm25, tmp_path: Path) -> None:
+    run_path, queries, collection, ce = bm25
+    rows = [(h.qid, h.pid) for h in read_run(run_path) if h.rank <= 2]
+    extra = next(p for p in range(300) if (11, p) not in rows)  # qid 11's third, on the last line
+    top = tmp_path / "msmarco-passagetest2019-top1000.tsv"
+    top.write_text("".join(f"{q}\t{p}\tq\tp\n" for q, p in [*rows, (11, extra)]))
+    run(top, queries, collection, tmp_path / "dl19.rerank.trec", 1, _cfg(), model_path=ce)
+    got = {(h.qid, h.pid) for h in read_run(tmp_path / "dl19.rerank.trec")}
+    assert got == {*rows, (11, extra)}
 
 
 def test_missing_inputs(bm25, tmp_path: Path) -> None:

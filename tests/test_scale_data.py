@@ -128,28 +128,37 @@ def test_collection_and_queries_parse_with_the_project_readers(gen):
     assert [dl[0], dl[len(dl) // 2], dl[-1]] == [(31, 20, 1), (709, 1248, 1), (1647, 4989, 0)]
 
 
-def test_top1000_lists_depth_distinct_candidates_of_existing_ids(gen):
+def _lines(path: Path) -> list[tuple[int, int, str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return [
+            (int(q), int(p), query, text) for q, p, query, text in (ln.rstrip("\n").split("\t") for ln in fh)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("key", "queries", "qrels"),
+    [("top1000_dev", "queries_dev", "qrels_dev"), ("top1000_dl19", "queries_dl19", "qrels_dl19")],
+)
+def test_top1000_lists_depth_distinct_candidates_of_existing_ids(gen, key, queries, qrels):
+    """top1000.dev and the DL19 list (downloaded and gunzipped through the profile): DEPTH
+    distinct candidates of every query of the set, the right texts, in random order."""
     passages = {p.pid: p.text for p in read_collection(gen["collection"])}
-    dev = {q.qid: q.text for q in read_queries(gen["queries_dev"])}
-    positives = qrels_by_query(read_qrels(gen["qrels_dev"]))
-    hits = list(read_top1000(gen["top1000_dev"]))
-    assert len(hits) == len(dev) * DEPTH
-    per_query = Counter(h.qid for h in hits)
-    assert set(per_query) == set(dev) and set(per_query.values()) == {DEPTH}
-    assert len({(h.qid, h.pid) for h in hits}) == len(hits)
-    with open(gen["top1000_dev"], encoding="utf-8") as fh:
-        for line in fh:
-            qid, pid, query, text = line.rstrip("\n").split("\t")
-            assert dev[int(qid)] == query and passages[int(pid)] == text
-    found = sum(any(h.pid in positives[q] for h in hits if h.qid == q) for q in dev)
-    assert 0.7 * len(dev) < found < len(dev)  # the positive is in the list for most queries, not all
-    pids = [h.pid for h in hits if h.qid == hits[0].qid]
-    assert pids != sorted(pids)  # random order within a query
-    assert [hits[0], hits[len(hits) // 2], hits[-1]] == [
-        (1433, 1509, 1, 0),
-        (890, 2542, 1, 0),
-        (1557, 129, 100, 0),
-    ]
+    qtext = {q.qid: q.text for q in read_queries(gen[queries])}
+    positives = qrels_by_query(read_qrels(gen[qrels]), min_rel=3 if key == "top1000_dl19" else 1)
+    sets = read_top1000(gen[key])
+    lines = _lines(gen[key])
+    assert len(lines) == len(qtext) * DEPTH == sum(map(len, sets.values()))
+    assert set(sets) == set(qtext) and {len(p) for p in sets.values()} == {DEPTH}
+    for qid, pid, query, text in lines:
+        assert qtext[qid] == query and passages[pid] == text
+    found = sum(any(p in sets[q] for p in positives[q]) for q in positives)
+    assert 0.7 * len(positives) < found <= len(positives)  # the positive is listed for most queries
+    first = [pid for qid, pid, _, _ in lines if qid == lines[0][0]]
+    assert first != sorted(first)  # random order within a query
+    if key == "top1000_dev":
+        assert found < len(positives)  # and not for all
+        ends = [lines[0][:2], lines[len(lines) // 2][:2], lines[-1][:2]]
+        assert ends == [(1433, 1509), (890, 2542), (1557, 129)]  # unchanged by the DL19 list
 
 
 def test_qa_files_convert_with_the_project_converter(gen, tmp_path):

@@ -11,7 +11,7 @@ import yaml
 
 from tasks import denoise, export, rerank, score
 from tasks.config import compose, load_config
-from tasks.io import read_json
+from tasks.io import file_digest, read_json
 from tasks.records import Hit, write_id_text, write_run
 from tasks.scores_pickle import load_scores_pickle
 from tests._model_helpers import tiny_models, tiny_texts
@@ -44,7 +44,7 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
         hits = [Hit(q, p, r + 1, 10.0 - r) for q in qids for r, p in enumerate(range(q, q + 8))]
         write_run(root / "runs" / "bm25" / f"{name}.full.trec", hits, "bm25")
     data["cross_encoder"].update(model=str(models.cross_encoder), shard_size=50, device="cpu", max_length=64)
-    data["evaluate"]["ce_rerank_depth"] = 4
+    data["evaluate"].update(ce_rerank_depth=4, dl19_candidates="bm25")
     data["export"]["negatives_per_system"] = 2
     data["orchestration"]["local_workers"] = 1
     path = root / "params.yaml"
@@ -68,7 +68,36 @@ def test_score_denoise_export_chain(params: Path) -> None:
         "README.md",
         "triplets.parquet",
         "margin_mse.parquet",
+        "provenance.json",
     }
+    # provenance records of the score pickle, the denoised file and the exports (tasks.provenance)
+    ce_hash = read_json(cfg.path("scores") / "manifest.json")["model"]["revision"]
+    denoised = cfg.path("out") / "msmarco-hard-negatives.denoised.jsonl.gz"
+    records = {
+        "score": read_json(pkl.with_name(pkl.name + ".provenance.json")),
+        "denoise": read_json(denoised.with_name(denoised.name + ".provenance.json")),
+        "export": read_json(cfg.path("exports") / "provenance.json"),
+    }
+    for stage, record in records.items():
+        assert record["stage"] == stage
+        ce = next(m for m in record["models"] if m["role"] == "cross_encoder")
+        assert ce["kind"] == "local-dir" and ce["resolved"] == ce_hash  # what scored is what is recorded
+        inputs = {e["path"]: e["md5"] for e in record["inputs"]}
+        assert inputs["${paths.out}/msmarco-hard-negatives.jsonl.gz"] == file_digest(
+            cfg.path("out") / "msmarco-hard-negatives.jsonl.gz"
+        )
+    assert records["score"]["outputs"] == [
+        {"path": f"${{paths.out}}/{pkl.name}", "md5": file_digest(pkl), "size": pkl.stat().st_size}
+    ]
+    assert records["score"]["params"] == {"cross_encoder": cfg.cross_encoder.model_dump(mode="json")}
+    assert records["denoise"]["params"] == {"denoise": cfg.denoise.model_dump(mode="json")}
+    assert [e["path"] for e in records["export"]["outputs"]] == [
+        "${paths.exports}/margin_mse.parquet",
+        "${paths.exports}/triplets.parquet",
+    ]
+    roles = {m["role"] for m in records["export"]["models"]}
+    assert roles == {"cross_encoder", *(f"systems.{s}" for s in cfg.systems)}
+    assert "## Provenance" in (cfg.path("exports") / "README.md").read_text()
     # a rerun resumes every shard and rewrites the same bytes
     before = pkl.read_bytes()
     assert score.main(["--params", str(params)]) == 0
