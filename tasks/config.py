@@ -64,6 +64,9 @@ class Paths(Section):
     hf: str = Field(
         description="Hugging Face dataset folders in the published layouts (tasks.hf_export), one per dataset"
     )
+    datasets: str = Field(
+        description="mine_export: one Hugging Face dataset folder per system (mine_hard_negatives formats)"
+    )
 
 
 class Source(Section):
@@ -200,13 +203,38 @@ class SmokeModels(Section):
     )
 
 
+PROMPT_DOC = (
+    "literal text put before every {side} (sentence-transformers' `prompt`); null = the model's own "
+    "`{side}` prompt. Exclusive with {side}_prompt_name"
+)
+PROMPT_NAME_DOC = (
+    "a key of the model's `prompts` (config_sentence_transformers.json) whose text goes before every "
+    "{side}; null = the model's own `{side}` prompt. Exclusive with {side}_prompt"
+)
+
+
 class DenseSystem(Section):
-    """One system of the ``neg`` dict: a bi-encoder and how it scores."""
+    """One system of the ``neg`` dict: a bi-encoder and how it scores.
+
+    Explicit values are used as given; ``score: auto`` and ``max_seq_length: null`` take the
+    model's own settings, and prompts default to the model's ``query`` / ``document`` prompts
+    (resolved by :func:`tasks.models.resolve_encoding`, recorded in the embeddings manifest).
+    """
 
     model: str | None = Field(description="hub id or local path; null = no public weights (skipped)")
     revision: str | None = Field(None, description="hub commit to pin; null for local paths")
-    score: Literal["cos", "dot"]
-    max_seq_length: PositiveInt = 256
+    score: Literal["cos", "dot", "auto"] = Field(
+        "auto",
+        description="cos (L2-normalised) or dot; auto (or null) = the model's own similarity_fn_name "
+        "(cosine -> cos, dot -> dot; any other, or none, is an error asking to set this key)",
+    )
+    max_seq_length: PositiveInt | None = Field(
+        256, description="tokens kept per text; null = the model's own max sequence length"
+    )
+    query_prompt: str | None = Field(None, description=PROMPT_DOC.format(side="query"))
+    query_prompt_name: str | None = Field(None, description=PROMPT_NAME_DOC.format(side="query"))
+    document_prompt: str | None = Field(None, description=PROMPT_DOC.format(side="document"))
+    document_prompt_name: str | None = Field(None, description=PROMPT_NAME_DOC.format(side="document"))
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
     evidence: str | None = Field(
         None,
@@ -214,6 +242,22 @@ class DenseSystem(Section):
         "list (e.g. the model's config.json `_name_or_path`); null = not evidenced: confirm it with "
         "the parity report against the published file (`python -m tasks.config registry`)",
     )
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score_null_is_auto(cls, v: object) -> object:
+        return "auto" if v is None else v
+
+    @model_validator(mode="after")
+    def _one_prompt_per_side(self) -> DenseSystem:
+        for side in ("query", "document"):
+            text, name = getattr(self, f"{side}_prompt"), getattr(self, f"{side}_prompt_name")
+            if text is not None and name is not None:
+                raise ValueError(
+                    f"{side}_prompt and {side}_prompt_name are mutually exclusive: set {side}_prompt "
+                    f"(the text) or {side}_prompt_name (a key of the model's prompts), not both"
+                )
+        return self
 
 
 CPU_KERNELS_DOC = (
@@ -319,6 +363,113 @@ class HfExport(Section):
         1024.0,
         description="uncompressed MB of rows per Parquet file; more start the next train-NNNNN-of-NNNNN file",
     )
+
+
+MINING_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
+MiningFormat = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"]
+
+
+class MiningOptions(Section):
+    """The options of ``mine_export`` that each system may override (``mining.per_system.<system>``).
+
+    They follow ``sentence_transformers.util.mine_hard_negatives``; the exact rules (the order of
+    the filters, what the ranks index, how the scores compare) are in :mod:`tasks.mine_export`.
+    """
+
+    range_min: Annotated[int, Field(ge=0)] = Field(
+        0, description="skip the first range_min candidates that pass the score filters (in selection order)"
+    )
+    range_max: PositiveInt | None = Field(
+        None,
+        description="candidates: the system's first range_max hits (positives removed); null = mine.top_k, "
+        "more than mine.top_k is an error (the hits files hold only that many)",
+    )
+    num_negatives: PositiveInt = Field(
+        3, description="negatives per query (n-tuple: its negative_1..n columns)"
+    )
+    sampling_strategy: Literal["top", "random"] = Field(
+        "top",
+        description="top: the first num_negatives eligible candidates; random: num_negatives of them drawn "
+        "without replacement, seeded per (seed, system, qid), kept in selection order",
+    )
+    seed: int | None = Field(None, description="random sampling seed; null = the params' top-level seed")
+    absolute_margin: float | None = Field(
+        None, description="keep a candidate iff CE(neg) + absolute_margin <= min CE(pos); null = off"
+    )
+    relative_margin: float | None = Field(
+        None,
+        description="keep a candidate iff CE(neg) <= m - |m| * relative_margin, m = min CE(pos); null = off",
+    )
+    max_score: float | None = Field(None, description="keep a candidate iff CE(neg) <= max_score; null = off")
+    min_score: float | None = Field(None, description="keep a candidate iff CE(neg) >= min_score; null = off")
+    formats: list[MiningFormat] = Field(
+        ["triplet"],
+        min_length=1,
+        description="output formats, each a dataset config: " + ", ".join(MINING_FORMATS),
+    )
+    output_scores: bool = Field(
+        False,
+        description="add the cross-encoder scores: triplet/n-tuple a scores list column; labeled-pair/list "
+        "score(s) in place of label(s)",
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        repeated = sorted({f for f in v if v.count(f) > 1})
+        if repeated:
+            raise ValueError(f"formats lists {repeated} more than once")
+        return v
+
+    @property
+    def filtered(self) -> bool:
+        """Whether a cross-encoder score filter is on (candidates are then ordered by CE score)."""
+        filters = (self.absolute_margin, self.relative_margin, self.max_score, self.min_score)
+        return any(v is not None for v in filters)
+
+
+class Mining(MiningOptions):
+    """Stage ``mine_export``: sentence-transformers' ``mine_hard_negatives`` options over our mined
+    hits and cross-encoder scores, one dataset per system (:mod:`tasks.mine_export`)."""
+
+    systems: list[str] | Literal["all"] = Field(
+        "all", description="systems mined: all = bm25 and every dense system (params order), or a list"
+    )
+    per_system: dict[str, MiningOptions] = Field(
+        {}, description="per-system overrides, e.g. {bm25: {num_negatives: 5}}; unset keys keep mining's"
+    )
+
+    def options(self, system: str, top_k: int, seed: int) -> MiningOptions:
+        """``system``'s resolved options: ``per_system`` over the section's own keys, ``range_max``
+        defaulted to ``top_k`` and ``seed`` to the params' ``seed``. A bad combination raises a
+        ``ValueError`` naming the keys (``mining[.per_system.<system>].range_max``, ``mine.top_k``)."""
+        values = self.model_dump(include=set(MiningOptions.model_fields))
+        override = self.per_system.get(system)
+        overridden = override.model_fields_set if override is not None else set()
+        if override is not None:
+            values.update(override.model_dump(include=overridden))
+
+        def key(name: str) -> str:
+            return f"mining.per_system.{system}.{name}" if name in overridden else f"mining.{name}"
+
+        lo, hi, n = values["range_min"], values["range_max"], values["num_negatives"]
+        if hi is None:
+            hi = values["range_max"] = top_k
+        elif hi > top_k:
+            raise ValueError(
+                f"{key('range_max')} ({hi}) > mine.top_k ({top_k}): the hits files hold only mine.top_k "
+                f"candidates per query; lower {key('range_max')} or raise mine.top_k"
+            )
+        if lo >= hi:
+            raise ValueError(f"{key('range_min')} ({lo}) must be smaller than range_max ({hi}) for {system}")
+        if n > hi - lo:
+            raise ValueError(
+                f"{key('num_negatives')} ({n}) > range_max - range_min ({hi} - {lo}) for {system}: "
+                "not that many candidates; lower it or widen the range"
+            )
+        if values["seed"] is None:
+            values["seed"] = seed
+        return MiningOptions.model_validate(values)
 
 
 class Evaluate(Section):
@@ -435,6 +586,7 @@ class Config(Section):
     export: Export = Export()
     evaluate: Evaluate = Evaluate()
     hf_export: HfExport = HfExport()
+    mining: Mining = Mining()
     parity: Parity = Parity()
     orchestration: Orchestration = Orchestration()
 
@@ -446,6 +598,26 @@ class Config(Section):
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
                 raise ValueError(f"systems: name {name!r} may hold only letters, digits, '-', '_', '.'")
         return self
+
+    @model_validator(mode="after")
+    def _mining(self) -> Config:
+        known = ["bm25", *self.systems]
+        listed = [] if self.mining.systems == "all" else self.mining.systems
+        for where, names in (("mining.systems", listed), ("mining.per_system", list(self.mining.per_system))):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"{where} names {unknown}, not a system of this profile ({', '.join(known)})"
+                )
+        for name in known:
+            self.mining.options(name, self.mine.top_k, self.seed)
+        return self
+
+    def mining_systems(self) -> list[str]:
+        """The systems ``mine_export`` mines: ``mining.systems``, or bm25 and every dense system."""
+        if self.mining.systems == "all":
+            return ["bm25", *self.systems]
+        return list(self.mining.systems)
 
     def path(self, key: str) -> Path:
         """Absolute path of ``paths.<key>``."""

@@ -715,11 +715,18 @@ def run(
         if summary_out:
             write_json(summary_out, summary)
         return summary
-    if manifest.get("score") != params.score:
-        raise DataError(f"{emb_dir}/manifest.json: score {manifest.get('score')!r} != systems.{system}.score")
+    # the manifest holds the resolved similarity (score: auto took the model's): one source of truth
+    score = manifest.get("score")
+    if score not in ("cos", "dot"):
+        raise DataError(f"{emb_dir}/manifest.json: score {score!r} is not cos or dot; rerun encode@{system}")
+    if params.score != "auto" and score != params.score:
+        raise DataError(
+            f"{emb_dir}/manifest.json: score {score!r} != systems.{system}.score {params.score!r}; "
+            f"rerun encode@{system}"
+        )
     for name in EVAL_SETS:  # fail before any work, not after mining
         check_candidates(candidates[name])  # the file is there, or an error naming its stage
-    normalize = params.score == "cos"
+    normalize = score == "cos"
     dev = "cuda" if resolve(device, "fp32").device == "cuda" and search.index == "flat" else "cpu"
     threads = configure_threads()
     import faiss

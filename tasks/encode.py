@@ -11,6 +11,14 @@ a local directory the hash of its files), max_seq_length, the RESOLVED device an
 ``auto``: fp32 by default, see :mod:`tasks.accel`), batch size and the shard's text, so
 embeddings are reused across runs and profiles and never mixed across settings.
 
+Prompts (:func:`tasks.models.resolve_encoding`): when the system sets a query or document
+prompt, or the model's ``config_sentence_transformers.json`` holds a non-empty one, the queries
+go through ``encode_query`` and the corpus through ``encode_document`` with the resolved prompt
+text, and the key adds the method and that text. Otherwise the plain ``encode`` runs with keys
+exactly as before. ``max_seq_length: null`` keys the model's own value (as if it were written
+out); ``score: auto`` resolves the model's ``similarity_fn_name`` into the manifest's ``score``,
+which ``dense_mine`` reads. Fields a new option adds appear in the manifest only when it is used.
+
 Killed mid-way, a rerun finds the complete shards in the cache (verified by sha256), encodes
 only the rest and gives byte-identical output: a shard's bytes depend only on its key.
 
@@ -21,7 +29,8 @@ itself — and costs no extra disk. Nothing ever rewrites a cache file in place 
 temp + rename), so the shared inode cannot change under DVC.
 
 Layout: ``<part>/ids.npy`` (int64), ``<part>/00000.npy`` ... (float16, rows x dim), and
-``manifest.json`` (model, revision, accel, per shard rows / first and last id / sha256).
+``manifest.json`` (model, revision, accel, resolved score and max_seq_length, per shard rows /
+first and last id / sha256; ``encode`` with the methods and prompts of a prompted system).
 A system with ``model: null`` writes only a manifest with ``skipped``.
 
     python -m tasks.encode --system smoke-bi-cls-dot
@@ -50,7 +59,7 @@ from tasks.accel import Accel, pin_cpu_kernels, place, resolve
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Config, DenseSystem, Encode
 from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
-from tasks.models import is_commit, model_location, model_revision
+from tasks.models import Encoding, is_commit, model_location, model_revision, resolve_encoding
 from tasks.records import read_collection, read_queries
 from tasks.scaleout import InlineExecutor
 from tasks.scaleout import executor as shard_executor
@@ -61,6 +70,7 @@ PARTS = ("corpus", "train", "dev", "dl19")
 QUERY_INPUTS = {"train": "queries_train", "dev": "queries_dev", "dl19": "queries_dl19"}
 FORMAT_VERSION = 1
 MAX_IN_FLIGHT = 4
+ENCODE_METHODS = ("encode", "encode_query", "encode_document")
 
 
 class Executor(Protocol):
@@ -82,6 +92,8 @@ class ShardSpec:
     batch_size: int
     texts: tuple[str, ...] = field(repr=False)
     cpu_kernels: str | None = "avx2"  # tasks.accel.pin_cpu_kernels on CPU; None on CUDA
+    method: str = "encode"  # encode (no prompt passed) | encode_query | encode_document
+    prompt: str | None = None  # the resolved prompt text the two prompted methods are given
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,10 @@ def encode_shard(spec: ShardSpec, progress: Callable[[int], object] | None = Non
     """
     import torch
 
+    if spec.method not in ENCODE_METHODS:
+        raise ValueError(
+            f"shard {spec.key[:12]}: unknown encode method {spec.method!r} ({', '.join(ENCODE_METHODS)})"
+        )
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"shard {spec.key[:12]}: spec asks for cuda but this worker has none")
     model = _load_model(spec)
@@ -128,12 +144,16 @@ def encode_shard(spec: ShardSpec, progress: Callable[[int], object] | None = Non
     with torch.inference_mode():
         for start in range(0, len(order), spec.batch_size):
             idx = order[start : start + spec.batch_size]
-            emb = model.encode(
-                [spec.texts[i] for i in idx],
-                batch_size=len(idx),
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            )
+            batch = [spec.texts[i] for i in idx]
+            kwargs: dict[str, Any] = {
+                "batch_size": len(idx),
+                "convert_to_tensor": True,
+                "show_progress_bar": False,
+            }
+            if spec.method == "encode":  # today's path: no prompt passed (a default_prompt_name applies)
+                emb = model.encode(batch, **kwargs)
+            else:
+                emb = getattr(model, spec.method)(batch, prompt=spec.prompt, **kwargs)
             arr = emb.float().cpu().numpy().astype(np.float16)
             if out is None:
                 out = np.empty((len(order), arr.shape[1]), dtype=np.float16)
@@ -182,6 +202,46 @@ class EmbeddingCache:
             meta_path, {**spec_meta, "rows": int(emb.shape[0]), "dim": int(emb.shape[1]), "sha256": digest}
         )
         return npy, digest
+
+
+# --------------------------------------------------------------------------- keys
+def shard_key(settings: dict[str, Any], text_sha256: str) -> str:
+    """A shard's cache key: the hash of every setting that shapes its bytes and of its text."""
+    return sha256_hex(json.dumps({**settings, "text_sha256": text_sha256}, sort_keys=True).encode())
+
+
+def part_methods(enc: Encoding) -> dict[str, dict[str, Any]]:
+    """Per part, the key (and cache sidecar) fields of how it is encoded.
+
+    Empty for the plain ``encode`` path, so every key of earlier releases stays valid; a prompted
+    system adds the method and the resolved prompt text (a changed prompt gives new keys).
+    """
+    if enc.method == "encode":
+        return {part: {} for part in PARTS}
+    corpus = {"encode": "encode_document", "prompt": enc.document_prompt}
+    queries = {"encode": "encode_query", "prompt": enc.query_prompt}
+    return {part: corpus if part == "corpus" else queries for part in PARTS}
+
+
+def _spec_method(fields: dict[str, Any]) -> dict[str, Any]:
+    return {"method": fields["encode"], "prompt": fields["prompt"]} if fields else {}
+
+
+def manifest_extra(enc: Encoding) -> dict[str, Any]:
+    """Manifest fields beyond earlier releases', present only where a new option is in effect:
+    the prompted methods and texts, and where a value came from the model's own config."""
+    extra: dict[str, Any] = {}
+    if enc.method == "prompted":
+        extra["encode"] = {
+            "corpus": {"method": "encode_document", "prompt": enc.document_prompt},
+            "queries": {"method": "encode_query", "prompt": enc.query_prompt},
+        }
+    if enc.score_from == "model":
+        extra["similarity_fn_name"] = enc.similarity_fn_name
+    sources = {"max_seq_length": enc.max_seq_length_from, "score": enc.score_from}
+    if from_model := sorted(k for k, src in sources.items() if src == "model"):
+        extra["from_model"] = from_model
+    return extra
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -250,18 +310,20 @@ def run(
         log.info("systems.%s: %s resolved to the cached snapshot %s", system, params.model, revision)
     # workers load exactly the snapshot the key names (a hub commit), or the local directory
     load_revision = revision if is_commit(revision) else params.revision
+    enc = resolve_encoding(system, params, location, load_revision)
     # A local directory is identified by its content hash alone, wherever it lives.
     cpu_kernels = encode.cpu_kernels if accel.device == "cpu" else None
     base = {
         "model": "local-dir" if revision.startswith("dir-sha256:") else params.model,
         "revision": revision,
-        "max_seq_length": params.max_seq_length,
+        "max_seq_length": enc.max_seq_length,
         "device": accel.device,
         "dtype": accel.dtype,
         "cpu_kernels": cpu_kernels,
         "batch_size": encode.batch_size,
         "format": FORMAT_VERSION,
     }
+    methods = part_methods(enc)
     cache = EmbeddingCache(cache_dir)
     states = {p: PartState() for p in parts}
     stats: dict[str, Any] = {"computed": 0, "reused": 0, "rows": 0}
@@ -278,7 +340,7 @@ def run(
         if result.key != entry["key"] or result.embeddings.shape[0] != entry["rows"]:
             raise RuntimeError(f"encode {system}: shard {part}/{index} came back with the wrong key or rows")
         _, entry["sha256"] = cache.put(
-            result.key, result.embeddings, {**base, "text_sha256": entry["text_sha256"]}
+            result.key, result.embeddings, {**base, **methods[part], "text_sha256": entry["text_sha256"]}
         )
         dim = dim or int(result.embeddings.shape[1])
         stats["computed"] += 1
@@ -294,7 +356,7 @@ def run(
                 st.text_hash.update(blob)
                 st.ids.extend(i for i, _ in chunk)
                 text_sha = sha256_hex(blob)
-                key = sha256_hex(json.dumps({**base, "text_sha256": text_sha}, sort_keys=True).encode())
+                key = shard_key({**base, **methods[part]}, text_sha)
                 entry: dict[str, Any] = {
                     "file": f"{part}/{index:05d}.npy",
                     "key": key,
@@ -312,9 +374,9 @@ def run(
                     bar.update(len(chunk))
                     continue
                 texts = tuple(t for _, t in chunk)
-                spec = ShardSpec(key, location, load_revision, params.max_seq_length,
+                spec = ShardSpec(key, location, load_revision, enc.max_seq_length,
                                  accel.device, accel.dtype, encode.batch_size, texts,
-                                 cpu_kernels)  # fmt: skip
+                                 cpu_kernels, **_spec_method(methods[part]))  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)
                 else:
@@ -339,9 +401,10 @@ def run(
             **base,
             "model": params.model,
             "system": system,
-            "score": params.score,
+            "score": enc.score,
             "dim": dim,
             "parts": {},
+            **manifest_extra(enc),
         }
         for part, st in states.items():
             ids = np.asarray(st.ids, dtype=np.int64)
