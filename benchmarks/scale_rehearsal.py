@@ -74,7 +74,8 @@ CPU_ENCODE_PER_S = 53.8  # all-MiniLM-L6-v2 passages/s
 CPU_CE_PAIRS_PER_S = 78.7  # MiniLM-L6-sized cross-encoder pairs/s
 # BM25 over 8.8M passages, all training queries: 6 min indexing + 39 min mining (bm25_bench.py)
 BM25_BENCH_S = {"bm25_index": 6 * 60.0, "bm25_mine": 39 * 60.0}
-SEARCH_QPS = 203.8  # ours, exact top-50 over 1M x 384, 50k queries, 2 idle cores (dense_search_bench.py, 2026-12-02)
+# ours, exact top-50 over 1M x 384, 50k queries, 2 idle cores (dense_search_bench.py, 2026-12-02)
+SEARCH_QPS = 203.8
 ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
