@@ -760,7 +760,8 @@ def registry_markdown(cfg: Config) -> str:
         model = system.model or "–"
         if system.revision:
             model += f" @ {system.revision[:12]}"
-        lines.append(f"| {name} | {model} | {system.score} | {evidence} |")
+        score = "auto (the model's similarity_fn_name)" if system.score == "auto" else system.score
+        lines.append(f"| {name} | {model} | {score} | {evidence} |")
     return "\n".join(lines) + "\n"
 
 

@@ -86,3 +86,13 @@ def test_evidence_is_a_string_or_null(tmp_path: Path, msmarco_params: Path) -> N
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(Exception, match=r"systems\.msmarco-MiniLM-L-6-v3\.evidence"):
         load_config(bad)
+
+
+def test_auto_score_says_where_it_comes_from(tmp_path: Path, msmarco_params: Path) -> None:
+    data = yaml.safe_load(msmarco_params.read_text())
+    data["systems"]["msmarco-MiniLM-L-6-v3"]["score"] = "auto"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    rows = _rows(registry_markdown(load_config(path)))
+    assert rows["msmarco-MiniLM-L-6-v3"][1] == "auto (the model's similarity_fn_name)"
+    assert rows["msmarco-distilbert-base-v3"][1] == "cos"
