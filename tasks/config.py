@@ -8,6 +8,8 @@ load time with the dotted key and the allowed values.
     python -m tasks.config use msmarco   # switch profile (rewrites params.yaml)
     python -m tasks.config check         # validate params.yaml
     python -m tasks.config show bm25     # print one section, resolved
+
+A profile for a corpus of your own: ``python -m tasks.profile_init mydata --beir path/to/folder``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,76 @@ class Inputs(Section):
     top1000_dl19: str = Field(
         description="official TREC DL 2019 re-ranking candidates (evaluate.dl19_candidates)"
     )
+
+
+class Dataset(Section):
+    """A corpus of your own (``datasets.<name>``): read by the ``ingest`` stage into the layout every
+    other stage reads (``paths.raw/<name>/``, int ids 0..n-1 plus the maps back to your ids).
+
+    - ``beir``: ``path`` is a BEIR folder: ``corpus.jsonl`` (``_id``, ``title``, ``text``),
+      ``queries.jsonl`` (``_id``, ``text``), ``qrels/<split>.tsv`` (header ``query-id corpus-id score``).
+    - ``hf``: ``path`` is a Hugging Face dataset of (query, positive) pairs, as
+      ``mine_hard_negatives`` takes it: data files (jsonl/json/csv/parquet) or a ``save_to_disk``
+      folder, one split per name. The corpus is the positives plus the optional ``corpus`` file.
+      A hub dataset (``hub_id``) is first saved to ``path`` by ``python -m tasks.ingest fetch``.
+    - ``ir_datasets``: ``python -m tasks.ingest fetch`` exports the ``ir_id`` dataset (and
+      ``ir_eval_id``) to ``path`` as a BEIR folder, which the stage then reads.
+
+    ``path`` is a DVC dependency of the stage, so a changed corpus re-runs everything downstream.
+    """
+
+    format: Literal["beir", "hf", "ir_datasets"]
+    path: str = Field(min_length=1, description="the local folder (or file, for hf) the stage reads")
+    train_split: str = Field("train", min_length=1, description="the split whose queries are mined")
+    eval_split: str = Field(
+        "test", min_length=1, description="the split the evaluate stage measures (NDCG@10, MRR@10, Recall@k)"
+    )
+    title: Literal["prepend", "drop"] = Field(
+        "prepend", description="prepend = 'title text' (BEIR's convention), drop = text only"
+    )
+    query_column: str = Field("query", min_length=1, description="hf: the query (anchor) column")
+    positive_column: str = Field("positive", min_length=1, description="hf: the positive passage column")
+    corpus: str | None = Field(None, description="hf: extra corpus file (jsonl/json/csv/parquet)")
+    corpus_column: str = Field("text", min_length=1, description="hf: the text column of the extra corpus")
+    hub_id: str | None = Field(None, description="hf: hub dataset id that `tasks.ingest fetch` saves")
+    revision: str | None = Field(None, description="hf: hub revision (pin it: a commit sha)")
+    ir_id: str | None = Field(None, description="ir_datasets: id of the mined (train) dataset")
+    ir_eval_id: str | None = Field(None, description="ir_datasets: id of the evaluation dataset")
+
+    @model_validator(mode="after")
+    def _fetchable(self) -> Dataset:
+        if self.format == "ir_datasets" and not self.ir_id:
+            raise ValueError("ir_datasets needs ir_id (the dataset `python -m tasks.ingest fetch` exports)")
+        if self.eval_split == self.train_split:
+            raise ValueError(
+                f"eval_split {self.eval_split!r} is the train_split: evaluate on held-out queries"
+            )
+        return self
+
+
+# Files the ingest stage writes under paths.raw/<name>/ (the layout the other stages read).
+DATASET_INPUTS = {
+    "collection": "collection.tsv",
+    "queries_train": "queries.train.tsv",
+    "qrels_train": "qrels.train.tsv",
+    "queries_dev": "queries.eval.tsv",
+    "qrels_dev": "qrels.eval.tsv",
+}
+DATASET_MANIFEST = "manifest.json"
+CORPUS_IDS = "corpus_ids.txt"  # line i: your id of passage i
+QUERY_IDS = "query_ids.txt"  # line i: your id of query i
+
+
+def dataset_inputs(name: str) -> dict[str, str]:
+    """``inputs`` of a profile that reads corpus ``name``: the files ingest writes. A corpus of your
+    own has no TREC DL 2019 set, no QA v2.1 files and no official candidate lists; those inputs name
+    the ingest manifest, a file that exists, so the stages' static DVC deps stay valid. No stage
+    reads them there (:attr:`Config.eval_sets`, ``convert.splits: []``, candidates ``bm25``)."""
+    absent = f"{name}/{DATASET_MANIFEST}"
+    out = {k: f"{name}/{v}" for k, v in DATASET_INPUTS.items()}
+    for key in ("queries_dl19", "qrels_dl19", "qa_train", "qa_dev", "top1000_dev", "top1000_dl19"):
+        out[key] = absent
+    return out
 
 
 class Download(Section):
@@ -568,11 +640,14 @@ class Orchestration(Section):
 
 # --------------------------------------------------------------------------- root
 class Config(Section):
-    profile: Literal["sample", "msmarco", "scale"]
+    profile: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 13
     paths: Paths
     sources: dict[str, Source]
     inputs: Inputs
+    datasets: dict[str, Dataset] = Field(
+        {}, description="your own corpus (at most one); empty = the MS MARCO profiles' downloads"
+    )
     download: Download = Download()
     convert: Convert = Convert()
     bm25: Bm25 = Bm25()
@@ -598,6 +673,55 @@ class Config(Section):
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
                 raise ValueError(f"systems: name {name!r} may hold only letters, digits, '-', '_', '.'")
         return self
+
+    @model_validator(mode="after")
+    def _datasets(self) -> Config:
+        if len(self.datasets) > 1:
+            raise ValueError(f"datasets: one corpus per profile, found {', '.join(self.datasets)}")
+        for name in self.datasets:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"datasets: name {name!r} may hold only letters, digits, '-', '_'")
+            if name in self.sources:
+                raise ValueError(f"datasets: {name!r} is also a source; both would write paths.raw/{name}")
+            want = dataset_inputs(name)
+            have = {k: getattr(self.inputs, k) for k in want}
+            if have != want:
+                bad = ", ".join(
+                    f"inputs.{k} (is {have[k]!r}, must be {want[k]!r})" for k in want if have[k] != want[k]
+                )
+                raise ValueError(f"datasets.{name}: the other stages read what ingest writes: {bad}")
+            if self.convert.splits:
+                raise ValueError(f"datasets.{name}: convert.splits must be [] (QA v2.1 is MS MARCO's)")
+            for key in ("dev_candidates", "dl19_candidates"):
+                if getattr(self.evaluate, key) != "bm25":
+                    raise ValueError(f"datasets.{name}: evaluate.{key} must be bm25 (no official lists)")
+        return self
+
+    @property
+    def dataset(self) -> tuple[str, Dataset] | None:
+        """``(name, Dataset)`` of a profile that reads your own corpus, else ``None`` (MS MARCO)."""
+        return next(iter(self.datasets.items()), None)
+
+    @property
+    def eval_sets(self) -> tuple[str, ...]:
+        """The evaluation sets of this profile: MS MARCO dev and TREC DL 2019, or (your own corpus)
+        ``dev``, which holds your ``eval_split``."""
+        return ("dev", "dl19") if self.dataset is None else ("dev",)
+
+    def eval_queries(self) -> dict[str, Path]:
+        """Query file of each evaluation set of this profile (``inputs.queries_<set>``)."""
+        return {name: self.input_path(f"queries_{name}") for name in self.eval_sets}
+
+    def eval_qrels(self) -> dict[str, Path]:
+        """Judgements of each evaluation set of this profile (``inputs.qrels_<set>``)."""
+        return {name: self.input_path(f"qrels_{name}") for name in self.eval_sets}
+
+    def eval_set_label(self, name: str) -> str:
+        """A set's name in reports: "MS MARCO dev", "TREC DL 2019", or your split's name."""
+        ds = self.dataset
+        if ds is not None and name == "dev":
+            return f"{ds[0]} {ds[1].eval_split}"
+        return {"dev": "MS MARCO dev", "dl19": "TREC DL 2019"}[name]
 
     @model_validator(mode="after")
     def _mining(self) -> Config:
@@ -726,6 +850,19 @@ def compose(profile: str, conf_dir: Path = CONF) -> str:
         raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(known)}")
     base = yaml.safe_load((conf_dir / "base.yaml").read_text(encoding="utf-8")) or {}
     over = yaml.safe_load(prof_file.read_text(encoding="utf-8")) or {}
+    if over.get("datasets"):
+        # A corpus of your own: none of MS MARCO's downloads, QA splits or official lists.
+        base = {k: v for k, v in base.items() if k not in ("sources", "inputs")}
+        name = next(iter(over["datasets"]))  # more than one fails validation below, naming them
+        over = _merge(
+            {
+                "sources": {},
+                "inputs": dataset_inputs(name),
+                "convert": {"splits": []},
+                "evaluate": {"dev_candidates": "bm25", "dl19_candidates": "bm25"},
+            },
+            over,
+        )
     data = _substitute(_merge(base, over), profile)
     data["profile"] = profile
     try:

@@ -67,8 +67,6 @@ from tasks.records import (
 
 log = logging.getLogger(__name__)
 
-EVAL_SETS = ("dev", "dl19")
-
 
 # --------------------------------------------------------------------------- exact search
 MAX_PID = np.iinfo(np.int64).max
@@ -724,7 +722,8 @@ def run(
             f"{emb_dir}/manifest.json: score {score!r} != systems.{system}.score {params.score!r}; "
             f"rerun encode@{system}"
         )
-    for name in EVAL_SETS:  # fail before any work, not after mining
+    names = list(candidates)  # the profile's evaluation sets (Config.eval_sets)
+    for name in names:  # fail before any work, not after mining
         check_candidates(candidates[name])  # the file is there, or an error naming its stage
     normalize = score == "cos"
     dev = "cuda" if resolve(device, "fp32").device == "cuda" and search.index == "flat" else "cpu"
@@ -746,13 +745,13 @@ def run(
     qvecs = train.load()[[row_of[int(q)] for q in qids]]
     max_pos = max(len(positives[int(q)]) for q in qids)
     evals, plans = {}, {}
-    for name in EVAL_SETS:
+    for name in names:
         part = load_part(emb_dir, name)
         order = np.argsort(part.ids, kind="stable")
         evals[name] = (part.ids[order], part.load()[order])
         plans[name] = plan_rerank(corpus.ids, evals[name][0], Path(candidates[name]), rerank_depth)
     gather = np.unique(np.concatenate([p.rows for p in plans.values()]))
-    sets = [(qvecs, mine.top_k + max_pos)] + [(evals[name][1], mine.eval_depth) for name in EVAL_SETS]
+    sets = [(qvecs, mine.top_k + max_pos)] + [(evals[name][1], mine.eval_depth) for name in names]
 
     t0 = time.perf_counter()
     if search.index == "flat":
@@ -768,8 +767,8 @@ def run(
     assert gathered is not None
     secs, total = time.perf_counter() - t0, sum(len(v) for v, _ in sets)
     log.info(
-        "mine %s: %s search of %d queries (train, dev, dl19) in %.1f s (%.0f queries/s)",
-        system, search.index, total, secs, total / max(secs, 1e-9),
+        "mine %s: %s search of %d queries (train, %s) in %.1f s (%.0f queries/s)",
+        system, search.index, total, ", ".join(names), secs, total / max(secs, 1e-9),
     )  # fmt: skip
 
     qid_col, pid_col, score_col = [], [], []
@@ -785,7 +784,7 @@ def run(
     summary.update(train_hits=len(qid_col))  # timings only in the log: DVC outputs stay byte-stable
     log.info("mine %s: %d training queries, %d hits -> %s", system, len(qids), len(qid_col), negatives_out)
 
-    for name, (s, p) in zip(EVAL_SETS, found[1:], strict=True):
+    for name, (s, p) in zip(names, found[1:], strict=True):
         eq = evals[name][0]
         full = [
             Hit(int(qid), int(prow[i]), r, float(srow[i]))
@@ -826,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.evaluate.rerank_depth,
             emb_dir=cfg.path("embeddings") / args.system,
             qrels_train=cfg.input_path("qrels_train"),
-            candidates={name: cfg.candidates(name) for name in EVAL_SETS},
+            candidates={name: cfg.candidates(name) for name in cfg.eval_sets},
             negatives_out=cfg.path("negatives") / f"{args.system}.parquet",
             runs_dir=cfg.path("runs") / args.system,
             summary_out=cfg.path("metrics") / f"mine-{args.system}.json",

@@ -491,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(cfg: Config) -> None:
         system = cfg.system(args.system)
-        parts = {"corpus": cfg.input_path("collection")}
-        parts.update({p: cfg.input_path(key) for p, key in QUERY_INPUTS.items()})
+        parts = {"corpus": cfg.input_path("collection"), "train": cfg.input_path("queries_train")}
+        parts.update(cfg.eval_queries())  # dev and dl19, or your own corpus's eval split
         out, cache = cfg.path("embeddings") / args.system, cfg.path("embedding_cache")
         # shards go to the Dask cluster (orchestration.dask_address) or local worker processes;
         # where they run never changes the bytes (a shard depends only on its spec)

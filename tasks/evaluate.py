@@ -57,22 +57,30 @@ __all__ = ["evaluate_run", "main", "read_trec_run", "report_markdown", "run", "s
 
 
 def evaluate_run(
-    run: Run, qrels: Qrels, split: str, recall_cutoffs: Sequence[int], curve_cutoffs: Sequence[int] = ()
+    run: Run,
+    qrels: Qrels,
+    split: str,
+    recall_cutoffs: Sequence[int],
+    curve_cutoffs: Sequence[int] = (),
+    ndcg: bool | None = None,
 ) -> tuple[dict[str, float], list[tuple[int, float]]]:
     """The figures of one run file against one qrels (``split`` is ``dev`` or ``dl19``).
 
+    NDCG@10 is measured where the judgements are graded: ``ndcg`` (default: for ``dl19`` only,
+    MS MARCO dev's are binary; a corpus of your own sets it for its split, as BEIR reports it).
     Returns the figures for ``retrieval.json`` and the recall@k curve at ``curve_cutoffs``.
     """
     level = BINARY_LEVEL[split]
+    graded = split == "dl19" if ndcg is None else ndcg
     ks = sorted(set(recall_cutoffs) | set(curve_cutoffs))
     measures = [f"recall_{k}" for k in ks]
-    if split == "dl19":
+    if graded:
         measures.append(f"ndcg_cut_{NDCG_DEPTH}")
     ev = trec_eval(run, qrels, measures, relevance_level=level, complete=True)
     mrr = msmarco_mrr(run, qrels, k=MRR_DEPTH, min_rel=level)
     out: dict[str, float] = {f"mrr@{MRR_DEPTH}": mrr.mrr}
     summary = ev.summary
-    if split == "dl19":
+    if graded:
         out[f"ndcg@{NDCG_DEPTH}"] = summary[f"ndcg_cut_{NDCG_DEPTH}"]
     for k in sorted(set(recall_cutoffs)):
         out[f"recall@{k}"] = summary[f"recall_{k}"]
@@ -221,8 +229,12 @@ def run(
     params: Evaluate,
     systems: Sequence[str] = (),
     labels: ReportLabels | None = None,
+    ndcg_sets: Sequence[str] = ("dl19",),
 ) -> dict[str, Any]:
     """Evaluate every system; write retrieval.json, plot data and the report. Returns the metrics.
+
+    ``qrels``: the judgements of each evaluation set (``dev``, ``dl19``); ``ndcg_sets``: the sets
+    whose judgements are graded, so NDCG@10 is measured on them.
 
     ``labels`` (:func:`tasks.report.report_labels`): the candidate list of each re-ranking figure
     and the smoke-model systems, for the report; none: plain "re-ranking", nothing marked smoke.
@@ -239,7 +251,7 @@ def run(
             metrics[name] = {"skipped": reason}
             continue
         entry: dict[str, Any] = {}
-        for split in SETS:
+        for split in qrels:  # the profile's evaluation sets
             for mode in MODES:
                 path = runs_dir / name / f"{split}.{mode}.trec"
                 if not path.exists():
@@ -252,7 +264,9 @@ def run(
                     loaded[split] = Qrels.from_records(read_qrels(qrels[split]))
                 log.info("%s: %s (%d rows)", name, path.name, len(run_.qid))
                 try:
-                    figures, curve = evaluate_run(run_, loaded[split], split, params.recall_cutoffs, cutoffs)
+                    figures, curve = evaluate_run(
+                        run_, loaded[split], split, params.recall_cutoffs, cutoffs, ndcg=split in ndcg_sets
+                    )
                 except DataError as exc:  # the metrics see arrays: name the two files here
                     raise DataError(f"{path} against {qrels[split]}: {exc}") from None
                 entry.setdefault(split, {})[mode] = figures
@@ -284,7 +298,7 @@ def run(
 def _run_main(cfg: Config) -> None:
     run(
         runs_dir=cfg.path("runs"),
-        qrels={"dev": cfg.input_path("qrels_dev"), "dl19": cfg.input_path("qrels_dl19")},
+        qrels=cfg.eval_qrels(),
         negatives_dir=cfg.path("negatives"),
         scores_file=cfg.path("scores") / "ce-scores.parquet",
         hard_negatives=cfg.path("out") / "msmarco-hard-negatives.jsonl.gz",
@@ -293,6 +307,7 @@ def _run_main(cfg: Config) -> None:
         params=cfg.evaluate,
         systems=list(cfg.systems),
         labels=report_labels(cfg),
+        ndcg_sets=("dl19",) if cfg.dataset is None else cfg.eval_sets,  # yours are graded, as BEIR's
     )
     log.info("wrote %s and %s", cfg.path("metrics") / "retrieval.json", cfg.path("report") / "report.html")
 

@@ -289,8 +289,10 @@ def read_candidates(path: str | Path, depth: int) -> Candidates:
     return Candidates(path, True, depth, listed, cut)
 
 
-def read_run(path: str | Path) -> Iterator[Hit]:
-    """A TREC run, in file order. An empty run yields nothing (``evaluate`` reports it)."""
+def iter_run_fields(path: str | Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, [qid, Q0, pid, rank, score, tag])`` of each line of a TREC run, as text
+    (blank lines skipped): for rewriting a run without reformatting its numbers (:mod:`tasks.publish`).
+    A line without 6 columns raises a DataError naming it."""
     path = Path(path)
     for lineno, line in iter_lines(path):
         parts = line.split()
@@ -298,6 +300,13 @@ def read_run(path: str | Path) -> Iterator[Hit]:
             continue
         if len(parts) != 6:
             raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 pid rank score tag'")
+        yield lineno, parts
+
+
+def read_run(path: str | Path) -> Iterator[Hit]:
+    """A TREC run, in file order. An empty run yields nothing (``evaluate`` reports it)."""
+    path = Path(path)
+    for lineno, parts in iter_run_fields(path):
         try:
             score = float(parts[4])
         except ValueError:
@@ -413,6 +422,12 @@ def read_hard_negatives(path: str | Path) -> Iterator[HardNegatives]:
     else raises :class:`DataError` naming the line, and so does an empty file (merge never
     writes one). Order and systems are kept as in the file.
     """
+    for _, rec in iter_hard_negatives(path):
+        yield rec
+
+
+def iter_hard_negatives(path: str | Path) -> Iterator[tuple[int, HardNegatives]]:
+    """:func:`read_hard_negatives` with the line number of each record, for errors that name it."""
     import json
 
     path = Path(path)
@@ -435,10 +450,13 @@ def read_hard_negatives(path: str | Path) -> Iterator[HardNegatives]:
         if not isinstance(neg, dict):
             raise DataError(f"{path}:{lineno}: 'neg' must map system names to lists of pids")
         n += 1
-        yield HardNegatives(
-            qid,
-            _int_list(obj["pos"], path, lineno, "pos"),
-            {str(s): _int_list(v, path, lineno, f"neg.{s}") for s, v in neg.items()},
+        yield (
+            lineno,
+            HardNegatives(
+                qid,
+                _int_list(obj["pos"], path, lineno, "pos"),
+                {str(s): _int_list(v, path, lineno, f"neg.{s}") for s, v in neg.items()},
+            ),
         )
     if not n:
         raise DataError(f"{path}: no hard-negative records (the file is empty); rerun the merge stage")
@@ -450,18 +468,45 @@ def write_hard_negatives(path: str | Path, records: Iterable[HardNegatives]) -> 
     Records must come in strictly increasing qid order (raises ``ValueError`` otherwise).
     Returns the number of lines written.
     """
-    import json
-
-    n = 0
     last: int | None = None
-    with write_text_atomic(path) as fh:
+
+    def objects() -> Iterator[dict[str, object]]:
+        nonlocal last
         for rec in records:
             if last is not None and rec.qid <= last:
                 raise ValueError(f"{path}: records must be in increasing qid order ({rec.qid} after {last})")
             last = rec.qid
-            obj = {"qid": int(rec.qid), "pos": [int(p) for p in rec.pos],
+            yield {"qid": int(rec.qid), "pos": [int(p) for p in rec.pos],
                    "neg": {s: [int(p) for p in pids] for s, pids in rec.neg.items()}}  # fmt: skip
-            fh.write(json.dumps(obj) + "\n")
+
+    return _write_jsonl(path, objects(), ensure_ascii=True)
+
+
+class NamedHardNegatives(NamedTuple):
+    """A :class:`HardNegatives` line with your string ids (a corpus of your own, :mod:`tasks.publish`)."""
+
+    qid: str
+    pos: list[str]
+    neg: dict[str, list[str]]
+
+
+def write_named_hard_negatives(path: str | Path, records: Iterable[NamedHardNegatives]) -> int:
+    """Write string-id records in the published shape (keys qid, pos, neg; gzip mtime 0 for ``.gz``),
+    in the given order, non-ASCII ids as UTF-8 (not ``\\u`` escapes). Returns the lines written."""
+    objects: Iterator[dict[str, object]] = (
+        {"qid": r.qid, "pos": list(r.pos), "neg": {s: list(p) for s, p in r.neg.items()}} for r in records
+    )
+    return _write_jsonl(path, objects, ensure_ascii=False)
+
+
+def _write_jsonl(path: str | Path, objects: Iterable[dict[str, object]], ensure_ascii: bool) -> int:
+    """One ``json.dumps`` line per object, atomically (gzip mtime 0 for ``.gz``); returns the count."""
+    import json
+
+    n = 0
+    with write_text_atomic(path) as fh:
+        for obj in objects:
+            fh.write(json.dumps(obj, ensure_ascii=ensure_ascii) + "\n")
             n += 1
     return n
 

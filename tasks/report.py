@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,20 @@ METHOD = [
     "- Recall@k: `trec_eval -c -m recall.k`, relevant = rel >= 1 on dev and rel >= 2 on DL19 "
     "(TREC DL's binary threshold, also used for MRR@10 on DL19).",
 ]
+COLUMNS = (("dev", "mrr@10"), ("dl19", "ndcg@10"))  # the main table's measure per set (MS MARCO)
+
+
+def corpus_method(split: str) -> list[str]:
+    """How the figures of a corpus of your own are computed (its split ``split``, graded qrels)."""
+    return [
+        "How the figures are computed:",
+        "",
+        f"- NDCG@10 ({split}): `trec_eval -c -m ndcg_cut.10` on the split's graded judgements, as BEIR "
+        "reports it.",
+        f"- MRR@10 ({split}): the run's rank order, relevant = rel >= 1, 0 for a query with no relevant "
+        "passage in its top 10, divided by the number of judged queries.",
+        "- Recall@k: `trec_eval -c -m recall.k`, relevant = rel >= 1.",
+    ]
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,10 @@ class ReportLabels:
     ce_candidates: dict[str, str] = field(default_factory=dict)
     smoke: tuple[str, ...] = ()
     cross_encoder: str = ""
+    sets: dict[str, str] = field(default_factory=lambda: dict(SPLITS))  # set -> its name in titles
+    short: dict[str, str] = field(default_factory=lambda: dict(SHORT))  # set -> its name in tables
+    columns: tuple[tuple[str, str], ...] = COLUMNS  # (set, measure) of the main table
+    method: tuple[str, ...] = tuple(METHOD)
 
 
 def report_labels(cfg: Config) -> ReportLabels:
@@ -67,18 +85,28 @@ def report_labels(cfg: Config) -> ReportLabels:
     if cfg.cross_encoder.smoke:
         smoke.append(CROSS_ENCODER)
     depth = cfg.evaluate.ce_rerank_depth
-    return ReportLabels(
-        candidates={split: cfg.candidates_label(split) for split in SPLITS},
-        ce_candidates={split: cfg.candidates_label(split, depth) for split in SPLITS},
+    labels = ReportLabels(
+        candidates={split: cfg.candidates_label(split) for split in cfg.eval_sets},
+        ce_candidates={split: cfg.candidates_label(split, depth) for split in cfg.eval_sets},
         smoke=tuple(smoke),
         cross_encoder=cfg.cross_encoder.name,
+    )
+    if cfg.dataset is None:
+        return labels
+    split = cfg.dataset[1].eval_split  # a corpus of your own: its split, NDCG@10 first as BEIR
+    return replace(
+        labels,
+        sets={"dev": cfg.eval_set_label("dev")},
+        short={"dev": split},
+        columns=(("dev", "ndcg@10"), ("dev", "mrr@10")),
+        method=tuple(corpus_method(split)),
     )
 
 
 def run_label(run_key: str, labels: ReportLabels, system: str | None = None) -> str:
     """``dev.rerank`` -> ``MS MARCO dev, re-ranking BM25 top-1000 (this run)`` (a figure title)."""
     split, _, mode = run_key.partition(".")
-    name = SPLITS.get(split, split)
+    name = labels.sets.get(split, split)
     if mode == "full":
         return f"{name}, full retrieval"
     which = labels.ce_candidates if system == CROSS_ENCODER else labels.candidates
@@ -127,12 +155,12 @@ def _name(name: str, labels: ReportLabels) -> str:
 def _legend(metrics: dict[str, Any], labels: ReportLabels) -> list[str]:
     """One line per split that has re-ranking figures: the candidate list each system re-ranks."""
     out = []
-    for split in SPLITS:
+    for split in labels.sets:
         rerankers = [n for n, e in metrics.items() if "rerank" in e.get(split, {})]
         if not rerankers or split not in labels.candidates:
             continue
         bi, ce = labels.candidates[split], labels.ce_candidates.get(split, labels.candidates[split])
-        text = f"- {SHORT[split]} re-rank: "
+        text = f"- {labels.short.get(split, split)} re-rank: "
         if CROSS_ENCODER in rerankers and ce != bi:
             others = [n for n in rerankers if n != CROSS_ENCODER]
             text += (f"bi-encoders re-rank {bi}; " if others else "") + f"the cross-encoder re-ranks {ce}"
@@ -152,22 +180,23 @@ def report_markdown(metrics: dict[str, Any], labels: ReportLabels | None = None,
     names = _order(metrics)
     head = smoke_notice(labels) if notice else ""
     lines = [head] if head else []
-    lines += [
-        "| System | dev MRR@10 full | dev MRR@10 re-rank | DL19 NDCG@10 full | DL19 NDCG@10 re-rank |",
-        "|---|---:|---:|---:|---:|",
+    heads = [
+        f"{labels.short.get(split, split)} {measure.upper()} {mode}"
+        for split, measure in labels.columns
+        for mode in ("full", "re-rank")
     ]
+    lines += ["| System | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     skipped = []
     for name in names:
         entry = metrics[name]
         if "skipped" in entry:
             skipped.append(f"- **{name}**: skipped ({entry['skipped']})")
-            lines.append(f"| {name} | skipped | | | |")
+            lines.append(f"| {name} | skipped |" + " |" * (len(heads) - 1))
             continue
         cells = [
-            _cell(entry, "dev", "full", "mrr@10"),
-            _cell(entry, "dev", "rerank", "mrr@10"),
-            _cell(entry, "dl19", "full", "ndcg@10"),
-            _cell(entry, "dl19", "rerank", "ndcg@10"),
+            _cell(entry, split, mode, measure)
+            for split, measure in labels.columns
+            for mode in ("full", "rerank")
         ]
         lines.append(f"| {_name(name, labels)} | " + " | ".join(cells) + " |")
     lines += ["", "Figures x 100; full: retrieval over the whole corpus.", *_legend(metrics, labels)]
@@ -183,16 +212,17 @@ def report_markdown(metrics: dict[str, Any], labels: ReportLabels | None = None,
         }
     )
     if ks:
-        lines += ["", "Recall@k (rel >= 1 on dev, rel >= 2 on DL19), x 100:", ""]
+        rule = "rel >= 1 on dev, rel >= 2 on DL19" if "dl19" in labels.sets else "rel >= 1"
+        lines += ["", f"Recall@k ({rule}), x 100:", ""]
         lines.append("| System | Run | " + " | ".join(f"R@{k}" for k in ks) + " |")
         lines.append("|---|---|" + "---:|" * len(ks))
         for name in names:
             entry = metrics[name]
-            for split in ("dev", "dl19"):
+            for split in labels.sets:
                 for mode in ("full", "rerank"):
                     if mode in entry.get(split, {}):
                         cells = [_cell(entry, split, mode, f"recall@{k}") for k in ks]
-                        run = f"{SHORT[split]} {'re-rank' if mode == 'rerank' else mode}"
+                        run = f"{labels.short.get(split, split)} {'re-rank' if mode == 'rerank' else mode}"
                         lines.append(f"| {_name(name, labels)} | {run} | " + " | ".join(cells) + " |")
     if skipped:
         lines += ["", "Skipped systems:", "", *skipped]
@@ -346,7 +376,7 @@ def write_report(
     ``labels``: the candidate lists and smoke systems (:func:`report_labels`).
     """
     labels = labels or ReportLabels()
-    parts = ["# Evaluation", "", report_markdown(metrics, labels), *METHOD, ""]
+    parts = ["# Evaluation", "", report_markdown(metrics, labels), *labels.method, ""]
     with atomic_dir(report_dir) as stage:
         for run_key in sorted(curves):
             png = f"recall_{run_key.replace('.', '_')}.png"

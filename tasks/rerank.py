@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from tasks.cli import run_stage, stage_parser
-from tasks.config import ROOT, Config, CrossEncoderCfg
+from tasks.config import ROOT, Config, ConfigError, CrossEncoderCfg
 from tasks.io import write_json
 from tasks.records import Candidates, Hit, read_candidates, write_run
 from tasks.score import ModelSpec, load_texts, score_resumable
 
 log = logging.getLogger(__name__)
 
-SETS = {"dev": "queries_dev", "dl19": "queries_dl19"}
+SETS = ("dev", "dl19")  # every set a profile can have; Config.eval_sets says which it has
 TAG = "cross-encoder"
 
 
@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         "python -m tasks.rerank --params params.yaml --sets dev dl19",
     )
     parser.add_argument(
-        "--sets", nargs="+", choices=sorted(SETS), default=sorted(SETS), help="evaluation sets"
+        "--sets",
+        nargs="+",
+        choices=SETS,
+        default=None,
+        help="evaluation sets (default: the profile's: dev and dl19 on MS MARCO, dev on your own corpus)",
     )
     args = parser.parse_args(argv)
 
@@ -103,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.scaleout import executor
         from tasks.score import resolve_model
 
+        names = args.sets or cfg.eval_sets
+        absent = [n for n in names if n not in cfg.eval_sets]
+        if absent:
+            raise ConfigError(f"profile {cfg.profile!r} has no evaluation set {', '.join(absent)}")
         with executor(cfg.orchestration, device=cfg.cross_encoder.device) as ex:  # 1 worker per GPU
-            for name in args.sets:
+            for name in names:
                 run(
                     cfg.candidates(name),
-                    cfg.input_path(SETS[name]),
+                    cfg.eval_queries()[name],
                     cfg.input_path("collection"),
                     cfg.path("runs") / TAG / f"{name}.rerank.trec",
                     cfg.evaluate.ce_rerank_depth,

@@ -23,6 +23,13 @@ state numpy itself pickles for them, the scalar stand-in decodes the raw bytes w
 dtype into a Python int or float, and ``_codecs.encode`` only turns text into latin-1 bytes. No
 numpy constructor ever sees bytes from the file. The result is then checked to be
 ``dict[int, dict[int, float]]`` with finite scores.
+
+String ids (a corpus of your own, :mod:`tasks.publish`): :func:`write_scores_pickle_ids` writes
+the same pickle with your string ids, ``scores[qid_str][pid_str] -> float``, through the same
+opcode stream: each id is ``BINUNICODE`` + ``BINPUT`` where it first occurs and ``BINGET``
+after, exactly as ``pickle.dumps`` writes a dict whose strings are the objects of the two id
+lists (so a passage under many queries is one string object after loading, as in the writer's
+id list). :func:`load_scores_pickle_ids` is the restricted loader's twin for that shape.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import io
 import math
 import pickle
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -48,6 +55,7 @@ _SETITEMS = b"u"
 _SETITEM = b"s"
 _STOP = b"."
 _BINFLOAT = b"G"
+_BINUNICODE = b"X"
 
 
 class UnsafePickleError(DataError):
@@ -81,6 +89,37 @@ class _Memo:
         return b"q" + bytes((idx,)) if idx < 256 else b"r" + struct.pack("<I", idx)
 
 
+_KeyOp = Callable[[int, "_Memo"], bytes]  # (id, memo) -> the opcodes of that dict key
+
+
+def _int_key(ident: int, memo: _Memo) -> bytes:
+    return _int_op(ident)
+
+
+class _StrKeys:
+    """Dict keys as the string ids of an id map (``ids[i]`` is the string of int id ``i``).
+
+    The first occurrence of an id is ``BINUNICODE`` + a memo put, later ones a memo get: what
+    ``pickle.dumps`` writes when the same string object is a key in several dicts.
+    """
+
+    def __init__(self, ids: Sequence[str], what: str) -> None:
+        self.ids, self.what = ids, what
+        self.slot = np.full(len(ids), -1, dtype=np.int64)  # memo index of each id once written
+
+    def __call__(self, ident: int, memo: _Memo) -> bytes:
+        if not 0 <= ident < len(self.ids):
+            raise DataError(
+                f"{self.what} {ident} has no string id (the id map holds ids 0..{len(self.ids) - 1})"
+            )
+        slot = int(self.slot[ident])
+        if slot >= 0:
+            return b"h" + bytes((slot,)) if slot < 256 else b"j" + struct.pack("<I", slot)
+        raw = self.ids[ident].encode("utf-8", "surrogatepass")
+        self.slot[ident] = memo.next
+        return _BINUNICODE + struct.pack("<I", len(raw)) + raw + memo.put()
+
+
 class _DictItems:
     """Stream one dict's items with the C pickler's batching (``batch_dict_exact``).
 
@@ -111,14 +150,34 @@ class _DictItems:
             self.out.write(_MARK + b"".join(self.pending) + _SETITEMS)
 
 
-def _inner_dict(pids: np.ndarray, scores: np.ndarray, memo: _Memo) -> bytes:
+def _inner_dict(pids: list[int], scores: list[float], memo: _Memo, pid_key: _KeyOp = _int_key) -> bytes:
     buf = io.BytesIO()
     buf.write(_EMPTY_DICT + memo.put())
     items = _DictItems(buf, len(pids))
-    for pid, score in zip(pids.tolist(), scores.tolist(), strict=True):
-        items.add(_int_op(pid), _BINFLOAT + struct.pack(">d", score))
+    for pid, score in zip(pids, scores, strict=True):
+        items.add(pid_key(pid, memo), _BINFLOAT + struct.pack(">d", score))
     items.close()
     return buf.getvalue()
+
+
+def _write_stream(
+    path: str | Path,
+    n_queries: int,
+    groups: Iterable[tuple[int, list[int], list[float]]],
+    qid_key: _KeyOp = _int_key,
+    pid_key: _KeyOp = _int_key,
+) -> None:
+    """The pickle of ``{qid: {pid: score}}`` from ``groups`` (one per query, in dict order),
+    streamed into a gzip file (mtime 0) written atomically; keys as ``qid_key`` / ``pid_key`` say."""
+    memo = _Memo()
+    with write_bytes_atomic(path, gz=True) as out:
+        out.write(_PROTO + _EMPTY_DICT + memo.put())
+        outer = _DictItems(out, n_queries)
+        for qid, q_pids, q_scores in groups:
+            key = qid_key(qid, memo)  # before the inner dict: pickle saves (and memoises) the key first
+            outer.add(key, _inner_dict(q_pids, q_scores, memo, pid_key))
+        outer.close()
+        out.write(_STOP)
 
 
 def iter_query_groups(
@@ -154,15 +213,34 @@ def write_scores_pickle(path: str | Path, qids: np.ndarray, pids: np.ndarray, sc
     if not np.isfinite(scores).all():
         raise DataError(f"{path}: refusing to write {int((~np.isfinite(scores)).sum())} non-finite score(s)")
     n_queries = int(np.count_nonzero(np.diff(qids))) + 1 if len(qids) else 0
-    memo = _Memo()
-    with write_bytes_atomic(path, gz=True) as out:
-        out.write(_PROTO + _EMPTY_DICT + memo.put())
-        outer = _DictItems(out, n_queries)
-        for qid, q_pids, q_scores in iter_query_groups(qids, pids, scores):
-            outer.add(_int_op(qid), _inner_dict(q_pids, q_scores, memo))
-        outer.close()
-        out.write(_STOP)
+    groups = ((q, p.tolist(), s.tolist()) for q, p, s in iter_query_groups(qids, pids, scores))
+    _write_stream(path, n_queries, groups)
     return n_queries
+
+
+def write_scores_pickle_ids(
+    path: str | Path,
+    scores: Mapping[int, Mapping[int, float]],
+    query_ids: Sequence[str],
+    corpus_ids: Sequence[str],
+) -> int:
+    """Write ``scores`` (int ids) as the score pickle of your string ids; returns the number of queries.
+
+    ``{query_ids[qid]: {corpus_ids[pid]: score}}`` in the iteration order of ``scores``, scores as
+    Python floats (module docstring: the same opcode stream, strings memoised as ``pickle.dumps``
+    memoises them). An id outside its map or a non-finite score raises a :class:`DataError` and
+    nothing is written. The caller checks that each map holds distinct ids (two ids mapped to one
+    string would merge their entries on loading).
+    """
+    for qid, inner in scores.items():
+        for pid, score in inner.items():
+            if not math.isfinite(score):
+                raise DataError(
+                    f"{path}: refusing to write a non-finite score, scores[{qid}][{pid}] = {score}"
+                )
+    groups = ((q, list(inner), [float(s) for s in inner.values()]) for q, inner in scores.items())
+    _write_stream(path, len(scores), groups, _StrKeys(query_ids, "qid"), _StrKeys(corpus_ids, "pid"))
+    return len(scores)
 
 
 # --------------------------------------------------------------------------- loader
@@ -241,17 +319,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("refused a persistent id: a score pickle holds only dicts, ints and floats")
 
 
-def _check(path: Path, obj: object) -> dict[int, dict[int, float]]:
+def _check(path: Path, obj: object, key_type: type = int) -> dict[int, dict[int, float]]:
+    """``obj`` checked to be ``dict[key, dict[key, float]]`` (``key_type`` int, or str for string
+    ids) with finite scores; int scores are widened to float in place."""
+    article = "an" if key_type is int else "a"
     if not isinstance(obj, dict):
         raise DataError(f"{path}: top level is {type(obj).__name__}, expected dict[qid, dict[pid, score]]")
     for qid, inner in obj.items():
-        if type(qid) is not int:
-            raise DataError(f"{path}: key {qid!r} is {type(qid).__name__}, expected an int qid")
+        if type(qid) is not key_type:
+            raise DataError(
+                f"{path}: key {qid!r} is {type(qid).__name__}, expected {article} {key_type.__name__} qid"
+            )
         if not isinstance(inner, dict):
             raise DataError(f"{path}: scores[{qid}] is {type(inner).__name__}, expected dict[pid, score]")
         for pid, score in inner.items():
-            if type(pid) is not int:
-                raise DataError(f"{path}: scores[{qid}] key {pid!r} is {type(pid).__name__}, expected int")
+            if type(pid) is not key_type:
+                raise DataError(
+                    f"{path}: scores[{qid}] key {pid!r} is {type(pid).__name__}, expected {key_type.__name__}"
+                )
             if type(score) is int:
                 inner[pid] = score = float(score)
             if type(score) is not float:
@@ -268,11 +353,22 @@ def load_scores_pickle(path: str | Path) -> dict[int, dict[int, float]]:
     :class:`DataError` if it is not ``dict[int, dict[int, float]]`` or has a non-finite score.
     """
     path = Path(path)
+    return _check(path, _restricted_load(path))
+
+
+def load_scores_pickle_ids(path: str | Path) -> dict[str, dict[str, float]]:
+    """:func:`load_scores_pickle` for a pickle of string ids (:func:`write_scores_pickle_ids`): the
+    same restricted unpickler, the result checked to be ``dict[str, dict[str, float]]``."""
+    path = Path(path)
+    return _check(path, _restricted_load(path), str)  # type: ignore[return-value]
+
+
+def _restricted_load(path: Path) -> object:
+    """Unpickle ``path`` (gzip or not) with :class:`_RestrictedUnpickler`; errors name the file."""
     with open_binary(path) as fh:
         try:
-            obj = _RestrictedUnpickler(fh).load()
+            return _RestrictedUnpickler(fh).load()
         except UnsafePickleError as exc:
             raise UnsafePickleError(f"{path}: {exc}; not loading it (it may carry code)") from None
         except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
             raise DataError(f"{path}: not a readable score pickle ({type(exc).__name__}: {exc})") from None
-    return _check(path, obj)
