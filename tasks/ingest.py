@@ -388,7 +388,9 @@ def _write(src: Source, ds: Dataset, name: str, stage: Path) -> dict[str, Any]:
             out.append(Qrel(qid_of[qid], pid_of[did], score))
         return sorted(out)
 
-    judged(src.qrels[train])  # every row names known documents, dropped ones too
+    for qid, did, _, where in src.qrels[train]:  # dropped (score 0) rows must name known documents too
+        if did not in pid_of:
+            raise DataError(f"{where}: corpus-id {did!r} (query {qid!r}) is not in the corpus")
     qrels = {"train": judged(positives), "eval": judged(src.qrels[evals])}
     for key, split_q in (("train", train_q), ("eval", eval_q)):
         texts = [(qid_of[q], src.queries[q][0]) for q in src.queries if q in split_q]

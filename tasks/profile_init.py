@@ -83,7 +83,7 @@ def profile_data(args: argparse.Namespace) -> dict[str, Any]:
     if len(set(names)) != len(names):
         raise ConfigError(f"--model: two models give the same system name ({', '.join(names)})")
     data["systems"] = {
-        name: {"model": model, "revision": None, "score": "auto", "max_seq_length": None}
+        name: {"model": model, "revision": None, "score": args.score, "max_seq_length": None}
         for name, model in zip(names, models, strict=True)
     }
     ce = args.cross_encoder or DEFAULT_CROSS_ENCODER
