@@ -18,13 +18,30 @@ The CPU feature detection is injectable (``cpuinfo`` path, ``flags``, ``capabili
 exercise both an AVX512-BF16 and an AVX2-only CPU on any machine.
 
 CPU kernels: fp32 results differ in the last bits between CPU generations, because torch picks
-its vectorised kernels (ATen) and oneDNN its JIT kernels by the CPU's widest instruction set
-(AVX2 vs AVX-512). :func:`pin_cpu_kernels` with ``avx2`` (the default of ``encode.cpu_kernels``
-and ``cross_encoder.cpu_kernels``) makes every x86-64 CPU with AVX2 run the same kernels
-(``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``), so an AVX-512 machine writes the
-bytes an AVX2-only machine writes (measured: the sample's embeddings, mined negatives and CE
-scores of an AMD EPYC with AVX-512 match those of an AVX2 machine byte for byte); ``native`` lets
-each CPU use its widest kernels (its fp32 bits then agree with others' only within a tolerance).
+its vectorised kernels (ATen), oneDNN its JIT kernels and Intel MKL (torch's fp32 sgemm behind
+``nn.Linear``, and its VML unary ops: tanh, exp, erf) its code branch by the CPU's widest
+instruction set (AVX2 vs AVX-512) and, for MKL, by the CPU and its cache sizes.
+:func:`pin_cpu_kernels` with ``avx2`` (the default of ``encode.cpu_kernels`` and
+``cross_encoder.cpu_kernels``) pins all three: ``ATEN_CPU_CAPABILITY=avx2``,
+``ONEDNN_MAX_CPU_ISA=AVX2`` and ``MKL_CBWR=AVX2`` (MKL's Conditional Numerical Reproducibility).
+What that guarantees, and what it does not:
+
+- Intel CPUs with AVX2: the same bits on every one (oneMKL documents ``MKL_CBWR=AVX2`` as giving
+  identical results on all Intel CPUs with AVX2, at a fixed thread count; ATen and oneDNN run the
+  same AVX2 kernels). Measured on an Intel Xeon with AMX/AVX-512: sgemm and tanh/exp/erf bits change
+  with ``MKL_CBWR``, and a 4096x1024 @ 1024x1024 sgemm takes 29 ms default, 42 ms with AVX2.
+- AMD CPUs with AVX2: ATen and oneDNN are pinned as above and MKL runs its AVX2 CNR branch, but
+  Intel documents identical Intel/non-Intel results only for ``MKL_CBWR=COMPATIBLE``, so bits equal
+  to an Intel machine's are expected, not guaranteed; not verified (no AMD machine was at hand when
+  MKL was pinned; caches and pickles written on AMD before that, e.g. the sample's CE scores recorded
+  in ``dvc.lock``, came from MKL's default branch and differ from an Intel machine's).
+  ``COMPATIBLE`` (SSE2) is not chosen: 3.7x slower than ``AVX2`` on the sgemm above (109 ms).
+- A torch without MKL (:func:`mkl_in_use` False) ignores ``MKL_CBWR``; ATen and oneDNN stay pinned.
+
+Caches never mix bits from before and after a change of these settings: keys record
+:func:`kernels_id` (``avx2+MKL_CBWR=AVX2`` today, derived from :data:`KERNEL_ENV`), not the bare
+name. ``native`` lets each CPU use its widest kernels (its fp32 bits then agree with others' only
+within a tolerance).
 
 Threads: torch uses every core this process may run on (``sched_getaffinity``), unless
 ``OMP_NUM_THREADS`` says otherwise. The thread count does not change fp32 results (measured,
@@ -48,8 +65,13 @@ DtypePref = Literal["auto", "fp32", "bf16", "fp16"]
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 PROC_CPUINFO = "/proc/cpuinfo"
 CpuKernels = Literal["avx2", "native"]
-# what each portable kernel set means for torch's two CPU back ends (read by them at first use)
-KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+# what each portable kernel set means for torch's CPU back ends (ATen, oneDNN, MKL), read at first use
+KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
+# what a bare kernel-set name stood for in cache keys written before MKL was pinned (never change it)
+KEYED_AS_NAME = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+# mkl_cbwr_get(MKL_CBWR_BRANCH) codes (mkl_service.h) of the MKL_CBWR values KERNEL_ENV uses
+MKL_CBWR_BRANCH = 1
+MKL_CBWR_CODES = {"AVX2": 10}
 
 
 @dataclass(frozen=True)
@@ -102,12 +124,56 @@ def cpu_has_bf16(flags: Iterable[str] | None = None, capability: str | None = No
     return "AMX" in cap or "BF16" in cap
 
 
+def kernels_id(kernels: str | None, env: dict[str, dict[str, str]] | None = None) -> str | None:
+    """The identity of a kernel set as cache keys and manifests record it.
+
+    ``native`` and ``None`` (CUDA) are themselves; a portable set is its name plus what its
+    environment (``env``, default :data:`KERNEL_ENV`) adds to or changes from what the bare name
+    meant in earlier keys (:data:`KEYED_AS_NAME`), e.g. ``avx2+MKL_CBWR=AVX2``, so any change of
+    the settings gives new keys and shards computed before it are never reused.
+    """
+    table = KERNEL_ENV if env is None else env
+    if kernels is None or kernels not in table:
+        return kernels
+    now, then = table[kernels], KEYED_AS_NAME.get(kernels, {})
+    added = [f"+{k}={v}" for k, v in sorted(now.items()) if then.get(k) != v]
+    removed = [f"-{k}" for k in sorted(then) if k not in now]
+    return kernels + "".join(added + removed)
+
+
+def mkl_in_use() -> bool:
+    """True when this torch computes fp32 matmuls and unary ops with Intel MKL (x86 builds)."""
+    import torch
+
+    return bool(torch.backends.mkl.is_available())
+
+
+def mkl_cbwr_branch() -> int | None:
+    """MKL's code branch in force (``mkl_cbwr_get(MKL_CBWR_BRANCH)``; 10 is AVX2, 1 unpinned), or
+    ``None`` where torch's MKL does not export it. Asking fixes the branch, like MKL's first call."""
+    import ctypes
+
+    import torch
+
+    if not mkl_in_use():
+        return None
+    for lib in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu*")):
+        try:
+            get = ctypes.CDLL(str(lib)).mkl_serv_cbwr_get
+        except (OSError, AttributeError):
+            continue
+        get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+        return int(get(MKL_CBWR_BRANCH))
+    return None
+
+
 def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
     """Make this process run torch's CPU kernels of ``kernels``; returns the ATen capability in force.
 
-    ``avx2``: the AVX2 kernels, whatever the CPU's widest instruction set, so fp32 results are
-    the same bits on every x86-64 CPU with AVX2. The settings are environment variables that
-    ATen and oneDNN read once, at their first use; setting them here (before any model runs)
+    ``avx2``: the AVX2 kernels of ATen and oneDNN and MKL's AVX2 CNR branch, whatever the CPU's
+    widest instruction set (the guarantees, Intel vs AMD, are in the module docstring). The
+    settings are environment variables that ATen, oneDNN and MKL read once, at their first use;
+    setting them here (before any model runs)
     also hands them to worker processes started afterwards. A process whose kernels were
     already chosen otherwise (a long-lived Dask worker that ran torch before) raises rather
     than compute other bits. ``native``: the CPU's own widest kernels (changes nothing).
@@ -123,16 +189,20 @@ def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
             "cpu_kernels: avx2 needs an x86-64 CPU with AVX2, and this CPU reports none; set "
             "encode.cpu_kernels / cross_encoder.cpu_kernels: native (fp32 bits then depend on the CPU)"
         )
-    for var, value in KERNEL_ENV[kernels].items():
+    env = KERNEL_ENV[kernels]
+    for var, value in env.items():
         os.environ[var] = value
     capability = torch_cpu_capability()
-    if capability != kernels.upper():
+    branch = mkl_cbwr_branch()  # None: no MKL (MKL_CBWR is then moot) or no way to ask it
+    in_force = capability == kernels.upper() and branch in (None, MKL_CBWR_CODES[env["MKL_CBWR"]])
+    if not in_force:
         raise RuntimeError(
-            f"this process already runs torch's {capability} CPU kernels, so cpu_kernels: {kernels} "
-            "cannot be honoured here; start it (e.g. `dask worker`) with "
-            + " ".join(f"{k}={v}" for k, v in KERNEL_ENV[kernels].items())
+            f"this process already runs torch's {capability} CPU kernels (MKL branch {branch}), so "
+            f"cpu_kernels: {kernels} cannot be honoured here; start it (e.g. `dask worker`) with "
+            + " ".join(f"{k}={v}" for k, v in env.items())
             + ", or set cpu_kernels: native"
         )
+    log.debug("cpu kernels %s: ATen %s, MKL branch %s", kernels_id(kernels), capability, branch)
     return capability
 
 

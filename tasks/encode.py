@@ -55,7 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from tasks.accel import Accel, pin_cpu_kernels, place, resolve
+from tasks.accel import Accel, kernels_id, pin_cpu_kernels, place, resolve
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Config, DenseSystem, Encode
 from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
@@ -319,7 +319,7 @@ def run(
         "max_seq_length": enc.max_seq_length,
         "device": accel.device,
         "dtype": accel.dtype,
-        "cpu_kernels": cpu_kernels,
+        "cpu_kernels": kernels_id(cpu_kernels),  # e.g. avx2+MKL_CBWR=AVX2: new settings, new keys
         "batch_size": encode.batch_size,
         "format": FORMAT_VERSION,
     }

@@ -327,7 +327,10 @@ def model_identity(model: ModelSpec) -> dict[str, Any]:
     """The model as keys and manifests record it: a local directory by its content hash, never
     by where it lives (the same model gives the same keys in any checkout), and the resolved
     device and dtype (work done under another setting is never reused)."""
+    from tasks.accel import kernels_id
+
     ident = asdict(model)
+    ident["cpu_kernels"] = kernels_id(model.cpu_kernels)  # e.g. avx2+MKL_CBWR=AVX2: new settings, new keys
     revision = model_revision(model.model, model.revision)
     if Path(model.model).is_dir():
         ident.update(model="local-dir", revision=revision)

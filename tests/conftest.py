@@ -24,6 +24,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # since ATen and oneDNN choose theirs once, at their first use.
 os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+os.environ.setdefault("MKL_CBWR", "AVX2")  # MKL (tasks.accel.KERNEL_ENV): read at its first call
 
 
 @pytest.fixture(scope="session")

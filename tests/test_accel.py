@@ -107,7 +107,11 @@ def _probe(mode: str, extra_env: dict[str, str]) -> str:
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+    }
     env.update(extra_env)
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
@@ -133,7 +137,9 @@ def test_a_process_whose_kernels_were_chosen_otherwise_refuses() -> None:
     """A long-lived process (a Dask worker) that ran torch with other kernels must not compute
     other bits silently: pinning raises and says how to start it."""
     out = _probe("chosen", {"ATEN_CPU_CAPABILITY": "default"})
-    assert out.startswith("refused") and "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" in out, out
+    assert (
+        out.startswith("refused") and "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2" in out
+    ), out
 
 
 def test_avx2_kernels_need_an_avx2_cpu_and_native_changes_nothing(tmp_path: Path) -> None:
@@ -151,5 +157,84 @@ def test_kernels_are_part_of_the_cross_encoder_identity() -> None:
     from tasks.score import ModelSpec, model_identity
 
     avx2, native = ModelSpec("org/ce", "a" * 40), ModelSpec("org/ce", "a" * 40, cpu_kernels="native")
-    assert model_identity(avx2)["cpu_kernels"] == "avx2"
+    assert model_identity(avx2)["cpu_kernels"] == "avx2+MKL_CBWR=AVX2"
+    assert model_identity(native)["cpu_kernels"] == "native"
     assert model_identity(avx2) != model_identity(native)
+
+
+def test_kernels_id_follows_kernel_env() -> None:
+    """Any change of what a kernel set sets gives a new id (so new cache keys); native stays."""
+    from tasks.accel import KERNEL_ENV, KEYED_AS_NAME, kernels_id
+
+    assert kernels_id("avx2") == "avx2+MKL_CBWR=AVX2" and kernels_id("native") == "native"
+    assert kernels_id(None) is None
+    assert kernels_id("avx2", KEYED_AS_NAME) == "avx2"  # what keys said before MKL was pinned
+    changed = {"avx2": {**KERNEL_ENV["avx2"], "MKL_CBWR": "COMPATIBLE"}}
+    assert kernels_id("avx2", changed) == "avx2+MKL_CBWR=COMPATIBLE"
+    dropped = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2"}}
+    assert kernels_id("avx2", dropped) == "avx2-ONEDNN_MAX_CPU_ISA"
+
+
+MKL_PROBE = """
+import hashlib, os, sys
+import torch
+if sys.argv[1] == "pin":
+    from tasks.accel import pin_cpu_kernels
+    pin_cpu_kernels("avx2")
+g = torch.Generator().manual_seed(0)
+a, b = torch.randn(256, 512, generator=g), torch.randn(512, 256, generator=g)
+print(os.environ.get("MKL_CBWR"), hashlib.sha256(torch.tanh(a @ b).numpy().tobytes()).hexdigest())
+"""
+
+
+def _mkl_probe(mode: str, env_extra: dict[str, str]) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+    }
+    env.update(env_extra)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", MKL_PROBE, mode], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_pinning_sets_mkl_cbwr_and_gives_mkl_avx2_bits() -> None:
+    """pin("avx2") computes the bits of a process started with MKL_CBWR=AVX2; where MKL's own
+    branch is wider (AVX-512), those differ from an unpinned MKL's."""
+    from tasks.accel import mkl_in_use
+
+    if not mkl_in_use():
+        pytest.skip("this torch has no MKL")
+    aten = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    pinned = _mkl_probe("pin", {})
+    assert pinned.startswith("AVX2 ")
+    assert pinned == _mkl_probe("plain", {**aten, "MKL_CBWR": "AVX2"})
+    if "avx512f" not in cpu_flags():
+        pytest.skip("MKL's default branch here is AVX2 at most: no difference to show")
+    assert pinned.split()[1] != _mkl_probe("plain", aten).split()[1]
+
+
+def test_mkl_cbwr_reaches_workers_and_a_late_pin_refuses(tmp_path: Path) -> None:
+    out = _probe("fresh", {})
+    assert "pinned AVX2 AVX2" in out, out
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    code = ("import os,subprocess,sys; from tasks.accel import pin_cpu_kernels, cpu_flags; "
+            "pin_cpu_kernels('avx2', flags=cpu_flags(sys.argv[1])); "
+            "print(subprocess.run([sys.executable,'-c','import os;print(os.environ[\"MKL_CBWR\"])'],"
+            "capture_output=True,text=True).stdout.strip())")  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    for flags in (AVX512_BF16, AVX2_ONLY):  # detection both ways: the same pin on either CPU
+        proc = subprocess.run([sys.executable, "-c", code, str(_cpuinfo(tmp_path, flags))], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0 and proc.stdout.strip() == "AVX2", proc.stderr
