@@ -60,6 +60,10 @@ class Paths(Section):
     score_cache: str = Field(
         description="content-addressed cross-encoder shard cache of score and ce_rerank (the resume point)"
     )
+    mine_cache: str = Field(
+        "data/cache/mine/{profile}",
+        description="mine.incremental: each system's last ranked lists, merged into by the next refresh",
+    )
     exports: str = Field(description="training-ready exports")
     metrics: str = Field(description="DVC metrics (JSON) and plots data")
     report: str = Field(description="human-readable evaluation report with PNG figures")
@@ -344,12 +348,22 @@ DTYPE_DOC = (
 )
 
 
+ADDRESSING_DOC = (
+    "shard: embeddings cached per shard of shard_size texts, encoded in length-sorted batches of "
+    "batch_size (the published bits); text: cached per text (model + text hash) and each text encoded "
+    "alone, so an embedding never depends on its neighbours: a refresh of a changed corpus encodes "
+    "only the new texts and ends byte-identical to a full rebuild (as fast as batches on CPU, slow on "
+    "a GPU)"
+)
+
+
 class Encode(Section):
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(64, description="texts per forward pass (addressing shard)")
     shard_size: PositiveInt = 2000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
     cpu_kernels: Literal["avx2", "native"] = Field("avx2", description=CPU_KERNELS_DOC)
+    addressing: Literal["shard", "text"] = Field("shard", description=ADDRESSING_DOC)
 
 
 class Search(Section):
@@ -370,6 +384,13 @@ class Search(Section):
 class Mine(Section):
     top_k: PositiveInt = 50
     eval_depth: PositiveInt = Field(1000, description="hits kept per dev/DL19 query for evaluation")
+    incremental: bool = Field(
+        False,
+        description="keep each query's ranked list (twice the depth) in paths.mine_cache; a rerun on a "
+        "changed corpus searches only the new passages and the new or edited queries, merges them in "
+        "and re-searches a query only when its list lost too much: byte-identical to a full search "
+        "(flat index only)",
+    )
 
 
 class CrossEncoderCfg(Section):
@@ -390,6 +411,12 @@ class CrossEncoderCfg(Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
     cpu_kernels: Literal["avx2", "native"] = Field("avx2", description=CPU_KERNELS_DOC)
     smoke: bool = Field(False, description="a tiny local model built by the smoke_models stage")
+    addressing: Literal["shard", "pair"] = Field(
+        "shard",
+        description="shard: scores cached per shard of shard_size pairs, scored in length-sorted batches "
+        "(the published bits); pair: cached per (query text, passage text) and each pair scored alone, "
+        "so a refresh scores only the pairs it has never seen and ends byte-identical to a full rebuild",
+    )
 
 
 class Denoise(Section):

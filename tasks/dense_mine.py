@@ -52,7 +52,8 @@ from tasks.accel import DevicePref, configure_threads, cpu_count, resolve
 from tasks.cli import run_stage, stage_parser
 from tasks.config import DenseSystem, Mine, Search
 from tasks.encode import Embeddings, load_part, read_manifest
-from tasks.io import DataError, atomic_path, write_json, write_text_atomic
+from tasks.io import DataError, atomic_path, record_work, write_json, write_text_atomic
+from tasks.mine_refresh import fingerprint, incremental_search
 from tasks.records import (
     Candidates,
     Hit,
@@ -693,11 +694,14 @@ def run(
     runs_dir: Path,
     summary_out: Path | None = None,
     device: DevicePref = "auto",
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Mine negatives for the training queries and write the dev/DL19 runs; returns the summary.
 
     Flat search makes one pass over the corpus for all three query sets (and gathers the
     re-ranking candidates' vectors on the way); an ANN index is built once and searched per set.
+    ``mine.incremental`` (flat only) merges into the ranked lists kept in ``state_dir`` instead
+    (:mod:`tasks.mine_refresh`): the same bytes, searching only what changed.
     """
     manifest = read_manifest(emb_dir)
     if manifest.get("skipped") or params.model is None:
@@ -754,7 +758,29 @@ def run(
     sets = [(qvecs, mine.top_k + max_pos)] + [(evals[name][1], mine.eval_depth) for name in names]
 
     t0 = time.perf_counter()
-    if search.index == "flat":
+    gathered: np.ndarray | None
+    incremental = mine.incremental and search.index == "flat" and state_dir is not None
+    if mine.incremental and not incremental:
+        log.warning("mine.incremental needs search.index flat (and a state directory): searching in full")
+    if incremental:
+        assert state_dir is not None
+
+        def search_fn(some: Sequence[tuple[np.ndarray, int]], corp: Embeddings):
+            return search_sets(
+                some, corp, normalize, query_chunk=search.query_chunk, device=dev,
+                memory_mb=search.memory_mb, threads=threads,
+            ).hits  # fmt: skip
+
+        named = [("train", *sets[0])] + [(name, *s) for name, s in zip(names, sets[1:], strict=True)]
+        found, work = incremental_search(
+            named, corpus, state_dir, fingerprint(normalize, corpus.dim), search_fn
+        )
+        gathered = gather_rows(corpus, gather, normalize)
+        record_work(
+            f"mine@{system}", "dot products", work.dots, work.total,
+            queries=work.queries, queries_searched=work.researched,
+        )  # fmt: skip
+    elif search.index == "flat":
         result = search_sets(
             sets, corpus, normalize, query_chunk=search.query_chunk, device=dev,
             memory_mb=search.memory_mb, threads=threads, gather=gather,
@@ -764,6 +790,9 @@ def run(
         searcher = Searcher(corpus, search, normalize, dev)  # the index is built once per system
         found = [searcher.search(vectors, k) for vectors, k in sets]
         gathered = gather_rows(corpus, gather, normalize)
+    if not incremental:
+        total = sum(len(v) for v, _ in sets) * len(corpus.ids)
+        record_work(f"mine@{system}", "dot products", total, total, queries=sum(len(v) for v, _ in sets))
     assert gathered is not None
     secs, total = time.perf_counter() - t0, sum(len(v) for v, _ in sets)
     log.info(
@@ -830,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_dir=cfg.path("runs") / args.system,
             summary_out=cfg.path("metrics") / f"mine-{args.system}.json",
             device=cfg.encode.device,
+            state_dir=cfg.path("mine_cache") / args.system,
         ),
         lock=f"mine@{args.system}",  # the dvc.yaml stage name: systems may run side by side
     )

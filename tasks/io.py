@@ -526,3 +526,22 @@ def read_json(path: str | Path) -> Any:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from None
+
+
+WORK_LOG_ENV = "HARDNEGS_WORK_LOG"
+
+
+def record_work(stage: str, unit: str, done: int, total: int, **extra: Any) -> None:
+    """Append how much of a stage's work was done this run (``done`` of ``total`` ``unit``s).
+
+    Only when ``$HARDNEGS_WORK_LOG`` names a file: one JSON line per call, outside every DVC
+    output (whose bytes never depend on what was reused). ``benchmarks/refresh_bench.py`` reads
+    it to put the share of work redone beside the share of the data changed.
+    """
+    path = os.environ.get(WORK_LOG_ENV)
+    log.info("work %s: %d of %d %s%s", stage, done, total, unit, "".join(f", {k}={v}" for k, v in extra.items()))
+    if not path:
+        return
+    line = json.dumps({"stage": stage, "unit": unit, "done": int(done), "total": int(total), **extra}, sort_keys=True)
+    with open(path, "a", encoding="utf-8") as fh:  # O_APPEND: whole lines from concurrent stages
+        fh.write(line + "\n")

@@ -60,6 +60,12 @@ def profile_data(args: argparse.Namespace) -> dict[str, Any]:
             dataset["ir_eval_id"] = args.ir_eval_id
     dataset.update(train_split=args.train_split, eval_split=args.eval_split)
     data: dict[str, Any] = {"datasets": {args.name: dataset}}
+    if args.incremental:
+        # each embedding addressed by its text, each CE score by its pair, every ranked list kept:
+        # a refresh of a changed corpus redoes only what changed, byte-identical to a full rebuild
+        data["encode"] = {"addressing": "text"}
+        data["mine"] = {"incremental": True}
+    ce_addressing = {"addressing": "pair"} if args.incremental else {}
     if args.smoke:
         # tiny random models built by the smoke_models stage from this corpus: figures mean nothing
         home = f"data/{args.name}/models"
@@ -74,6 +80,7 @@ def profile_data(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": 256,
             "batch_size": 32,
             "smoke": True,
+            **ce_addressing,
         }
         data["denoise"] = {"margin": 0.0}  # the smoke CE's logits are nearly constant
         data["hf_export"] = {"margin": 0.0}
@@ -87,7 +94,7 @@ def profile_data(args: argparse.Namespace) -> dict[str, Any]:
         for name, model in zip(names, models, strict=True)
     }
     ce = args.cross_encoder or DEFAULT_CROSS_ENCODER
-    data["cross_encoder"] = {"name": system_name(ce), "model": ce, "revision": None}
+    data["cross_encoder"] = {"name": system_name(ce), "model": ce, "revision": None, **ce_addressing}
     return data
 
 
@@ -154,6 +161,14 @@ def parser() -> argparse.ArgumentParser:
         "--smoke",
         action="store_true",
         help="use the tiny smoke models (offline, no weights; figures mean nothing)",
+    )
+    init.add_argument(
+        "--incremental",
+        action="store_true",
+        help="for a corpus that changes: embeddings cached per text, CE scores per pair, ranked lists "
+        "kept (encode.addressing text, cross_encoder.addressing pair, mine.incremental), so a refresh "
+        "redoes only what changed and ends byte-identical to a full rebuild; each text and pair is then "
+        "computed alone (as fast as batches on CPU, much slower on a GPU)",
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing profile file")
     init.add_argument("--no-use", action="store_true", help="write the profile only, leave params.yaml")
