@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.io import atomic_dir, write_text_atomic
-from tasks.sample import Doc, _query, generate_docs
+from tasks.sample import Doc, generate_docs, query_for
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def build(docs: int = 1200, train_queries: int = 300, test_queries: int = 60, se
     qrels: dict[str, list[tuple[str, str, int]]] = {"train": [], "test": []}
     for i, (target, split) in enumerate(zip(targets, splits, strict=True)):
         qid = f"q-{i:04d}"
-        queries.append((qid, _query(target, rng)))
+        queries.append((qid, query_for(target, rng)))
         same_entity = [o for o in by_entity[target.entity] if o.pid != target.pid]
         if split == "train":
             judged = {doc_id(target): 1}

@@ -134,7 +134,9 @@ class Dataset(Section):
     """
 
     format: Literal["beir", "hf", "ir_datasets"]
-    path: str = Field(min_length=1, description="the local folder (or file, for hf) the stage reads")
+    path: str = Field(
+        min_length=1, description="the local folder the stage reads (hf: data files or save_to_disk)"
+    )
     train_split: str = Field("train", min_length=1, description="the split whose queries are mined")
     eval_split: str = Field(
         "test", min_length=1, description="the split the evaluate stage measures (NDCG@10, MRR@10, Recall@k)"
@@ -150,6 +152,11 @@ class Dataset(Section):
     revision: str | None = Field(None, description="hf: hub revision (pin it: a commit sha)")
     ir_id: str | None = Field(None, description="ir_datasets: id of the mined (train) dataset")
     ir_eval_id: str | None = Field(None, description="ir_datasets: id of the evaluation dataset")
+    empty_passages: Literal["fail", "keep"] = Field(
+        "fail",
+        description="a document with neither title nor text: fail naming its file, line and id, or keep "
+        "it (counted and warned about; some published corpora hold a few)",
+    )
 
     @model_validator(mode="after")
     def _fetchable(self) -> Dataset:

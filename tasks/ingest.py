@@ -15,8 +15,9 @@ previous folder as it was):
 Text rule: passage = ``title + " " + text`` when the title is non-empty and ``title: prepend``
 (BEIR's convention), else the text; in passages and queries every run of whitespace holding a
 tab, newline or CR becomes one space (the TSV layout has one record per line, two fields), and
-leading/trailing whitespace is stripped. An empty query is an error; an empty passage is kept,
-counted and warned about once, as :mod:`tasks.records` does for published collections.
+leading/trailing whitespace is stripped. An empty query is an error, and so is an empty passage
+(neither title nor text) unless ``empty_passages: keep``: then it is kept, counted and warned
+about once, as :mod:`tasks.records` does for published collections.
 
 Formats (``datasets.<name>.format``):
 
@@ -367,6 +368,11 @@ def _write(src: Source, ds: Dataset, name: str, stage: Path) -> dict[str, Any]:
                 raise DataError(f"{where}: duplicate document id {ident!r} (passage {pid_of[ident]} has it)")
             pid_of[ident] = len(pid_of)
             if not text:
+                if ds.empty_passages == "fail":
+                    raise DataError(
+                        f"{where}: document {ident!r} has an empty text (title: {ds.title}); give it a "
+                        f"text, delete it, or set datasets.{name}.empty_passages: keep"
+                    )
                 empty.append(where)
             yield pid_of[ident], text
 

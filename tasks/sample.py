@@ -290,7 +290,7 @@ def generate_docs(n_entities: int, seed: int) -> list[Doc]:
     ]
 
 
-def _query(doc: Doc, rng: random.Random) -> str:
+def query_for(doc: Doc, rng: random.Random) -> str:
     templates, _, _ = ASPECTS[doc.etype][doc.aspect]
     return rng.choice(templates).format(n=doc.name.lower() if rng.random() < 0.7 else doc.name)
 
@@ -371,7 +371,7 @@ def _qa_rows(
             {
                 "answers": answers,
                 "passages": passages,
-                "query": _query(doc, rng),
+                "query": query_for(doc, rng),
                 "query_id": qid0 + i,
                 "query_type": ASPECTS[doc.etype][doc.aspect][2],
                 "wellFormedAnswers": well_formed,
@@ -419,9 +419,9 @@ def build(seed: int = 20261122, n_entities: int = 1000) -> dict[str, bytes]:
     order = rng.sample(docs, len(docs))
     train_docs, dev_docs, dl_docs = order[:1100], order[1100:1300], order[1300:1350]
     qids = rng.sample(range(1000, 900000), len(train_docs) + len(dev_docs) + len(dl_docs))
-    train_q = [(qids[i], _query(d, rng)) for i, d in enumerate(train_docs)]
-    dev_q = [(qids[1100 + i], _query(d, rng)) for i, d in enumerate(dev_docs)]
-    dl_q = [(qids[1300 + i], _query(d, rng)) for i, d in enumerate(dl_docs)]
+    train_q = [(qids[i], query_for(d, rng)) for i, d in enumerate(train_docs)]
+    dev_q = [(qids[1100 + i], query_for(d, rng)) for i, d in enumerate(dev_docs)]
+    dl_q = [(qids[1300 + i], query_for(d, rng)) for i, d in enumerate(dl_docs)]
 
     # Train: 1,000 of 1,100 queries have qrels (MS MARCO has train queries without qrels);
     # a few have two positives (another passage of the same entity).

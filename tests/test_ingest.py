@@ -179,7 +179,13 @@ def test_string_ids_unicode_and_text_rules(tmp_path: Path):
     c = manifest["counts"]
     assert (c["queries_unused"], c["qrels_train_dropped_not_positive"], c["qrels_eval_positive"]) == (2, 2, 1)
 
-    dropped = run(Dataset(format="beir", path=str(src), title="drop"), "t", tmp_path / "raw" / "d")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:4: document 'd4' has an empty text \(title: drop\)"):
+        run(Dataset(format="beir", path=str(src), title="drop"), "t", tmp_path / "raw" / "d")
+    dropped = run(
+        Dataset(format="beir", path=str(src), title="drop", empty_passages="keep"),
+        "t",
+        tmp_path / "raw" / "d",
+    )
     assert (
         next(read_collection(tmp_path / "raw" / "d" / "collection.tsv")).text == "first passage with  breaks"
     )
@@ -240,6 +246,13 @@ def _mutate(case: str) -> tuple[tuple[list, list, dict[str, list[str]]], str]:
     if case == "empty query":
         queries[1]["text"] = " \n "
         return (corpus, queries, qrels), r"queries\.jsonl:2: query 'q é' has an empty text"
+    if case == "empty passage":
+        corpus[2]["text"], corpus[2]["title"] = "  ", ""
+        return (
+            corpus,
+            queries,
+            qrels,
+        ), r"corpus\.jsonl:3: document '.*' has an empty text .*empty_passages: keep"
     if case == "bad score":
         qrels["train"][2] = "q2\t文档-2\thigh"
         return (
@@ -271,8 +284,8 @@ def _mutate(case: str) -> tuple[tuple[list, list, dict[str, list[str]]], str]:
 
 CASES = [
     "missing text", "missing _id", "duplicate doc", "duplicate query", "id with tab", "empty id",
-    "invalid json", "unknown doc", "unknown query", "empty query", "bad score", "judged twice",
-    "missing split", "bad header", "no positives", "wrong field count",
+    "invalid json", "unknown doc", "unknown query", "empty query", "empty passage", "bad score",
+    "judged twice", "missing split", "bad header", "no positives", "wrong field count",
 ]  # fmt: skip
 
 
@@ -292,6 +305,14 @@ def test_bad_beir_input_names_file_line_and_id_and_keeps_dest(case: str, tmp_pat
         run(Dataset(format="beir", path=str(src)), "t", dest)
     assert _snapshot(dest) == before
     assert sorted(p.name for p in dest.parent.iterdir()) == ["t"]
+
+
+def test_empty_passages_keep_is_counted(tmp_path: Path):
+    corpus, queries, qrels = _tiny()
+    corpus[2]["text"] = ""
+    src = _write_beir(tmp_path / "src", corpus, queries, qrels)
+    manifest = run(Dataset(format="beir", path=str(src), empty_passages="keep"), "t", tmp_path / "raw" / "t")
+    assert manifest["counts"]["empty_passages"] == 1
 
 
 def test_missing_folder_is_a_data_error(tmp_path: Path):
