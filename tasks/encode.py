@@ -33,6 +33,26 @@ Layout: ``<part>/ids.npy`` (int64), ``<part>/00000.npy`` ... (float16, rows x di
 first and last id / sha256; ``encode`` with the methods and prompts of a prompted system).
 A system with ``model: null`` writes only a manifest with ``skipped``.
 
+``encode.addressing: text`` (for incremental refreshes; default ``shard`` is the above, bit for
+bit). Why: an embedding's last bits depend on its batch neighbours (measured with
+all-MiniLM-L6-v2 on CPU: length-sorted batches of 32 vs one text at a time differ in 101 of 256
+fp16 rows), so a shard-keyed cache is invalidated by any edit, insertion or removal before it,
+and a per-text cache is exact only if each text is encoded ALONE. So here each embedding is
+keyed by the digest of its text (:func:`tasks.rowstore.digest`) in a :class:`~tasks.rowstore.RowStore`
+at ``paths.embedding_cache/texts/<settings hash>/`` (the shard settings less ``batch_size``,
+plus the addressing and a prompted part's method and prompt: corpus and queries of a prompted
+system get separate stores). The texts a store lacks (each once) are encoded in work units of
+``shard_size`` texts, through the same :class:`ShardSpec` / :func:`encode_shard` and executors,
+with batch size 1; each finished unit is one atomic pack, so a run killed with ``kill -9``
+resumes from the last pack. The output has the same layout and manifest (plus ``addressing``,
+less ``batch_size``), its shards written from the store; its bytes depend only on the texts, the
+settings and the file order, never on what was cached: a refresh of a corpus with 1 % of its
+texts changed encodes that 1 % and writes what a run with an empty cache writes.
+Costs: a second copy of the embeddings on disk (the store beside the output, no hard links),
+and the batch-of-one speed. On CPU that speed is about that of batches (no padding; see the
+``encode`` section of ``benchmarks/RESULTS.md``); on a GPU a batch of one leaves the device
+mostly idle and is many times slower, so ``device: cuda`` with text addressing logs a warning.
+
     python -m tasks.encode --system smoke-bi-cls-dot
 """
 
@@ -58,9 +78,18 @@ from tqdm import tqdm
 from tasks.accel import Accel, kernels_id, pin_cpu_kernels, place, resolve
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Config, DenseSystem, Encode
-from tasks.io import DataError, atomic_dir, file_digest, read_json, write_bytes_atomic, write_json
+from tasks.io import (
+    DataError,
+    atomic_dir,
+    file_digest,
+    read_json,
+    record_work,
+    write_bytes_atomic,
+    write_json,
+)
 from tasks.models import Encoding, is_commit, model_location, model_revision, resolve_encoding
 from tasks.records import read_collection, read_queries
+from tasks.rowstore import DIGEST, RowStore, digest
 from tasks.scaleout import InlineExecutor
 from tasks.scaleout import executor as shard_executor
 
@@ -324,6 +353,9 @@ def run(
         "format": FORMAT_VERSION,
     }
     methods = part_methods(enc)
+    if encode.addressing == "text":
+        return _run_texts(system, params, encode, parts, Path(out_dir), Path(cache_dir), executor,
+                          base, methods, enc, accel, location, load_revision, cpu_kernels)  # fmt: skip
     cache = EmbeddingCache(cache_dir)
     states = {p: PartState() for p in parts}
     stats: dict[str, Any] = {"computed": 0, "reused": 0, "rows": 0}
@@ -332,6 +364,7 @@ def run(
     inline = executor is None
     pending: deque[tuple[str, int, dict[str, Any], Any]] = deque()
     dim: int | None = None
+    rows_encoded = [0]  # rows of the shards computed this run (the work log's "done")
     bar = tqdm(desc=f"encode {system}", unit="text", unit_scale=True, dynamic_ncols=True)
 
     def finish(part: str, index: int, entry: dict[str, Any], fut: Any) -> None:
@@ -344,6 +377,7 @@ def run(
         )
         dim = dim or int(result.embeddings.shape[1])
         stats["computed"] += 1
+        rows_encoded[0] += entry["rows"]
         if not inline:
             bar.update(entry["rows"])
 
@@ -426,7 +460,178 @@ def run(
         "encode %s: %d rows, %d shards encoded, %d reused from cache, %.0f texts/s (%s)",
         system, stats["rows"], stats["computed"], stats["reused"], rate, accel.describe(),
     )  # fmt: skip
+    record_work(f"encode@{system}", "texts", done=rows_encoded[0], total=stats["rows"])
     return stats
+
+
+# --------------------------------------------------------------------------- addressing: text
+def text_settings(base: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """What shapes one text's embedding under ``addressing: text``: the shard settings less the
+    batch size (every text is encoded alone), the addressing and the part's method and prompt."""
+    return {**{k: v for k, v in base.items() if k != "batch_size"}, "addressing": "text", **fields}
+
+
+def text_store_root(cache_dir: str | Path, settings: dict[str, Any]) -> Path:
+    """``<embedding_cache>/texts/<hash of the settings>/``: one :class:`RowStore` per setting."""
+    return Path(cache_dir) / "texts" / sha256_hex(json.dumps(settings, sort_keys=True).encode())
+
+
+@dataclass
+class _Queue:
+    """The texts one store lacks, gathered into work units (digest -> text, in reading order)."""
+
+    store: RowStore
+    fields: dict[str, Any]
+    buffer: dict[bytes, str] = field(default_factory=dict)
+    queued: set[bytes] = field(default_factory=set)  # buffered or in flight: never encoded twice
+
+
+def _run_texts(
+    system: str,
+    params: DenseSystem,
+    encode: Encode,
+    parts: dict[str, Path],
+    out_dir: Path,
+    cache_dir: Path,
+    executor: Executor | None,
+    base: dict[str, Any],
+    methods: dict[str, dict[str, Any]],
+    enc: Encoding,
+    accel: Accel,
+    location: str,
+    load_revision: str | None,
+    cpu_kernels: str | None,
+) -> dict[str, Any]:
+    """:func:`run` under ``addressing: text``: embeddings by text digest, output from the store."""
+    if accel.device == "cuda":
+        log.warning(
+            "encode %s: addressing text encodes each text alone (batch of one): exact and incremental, "
+            "but slow on a GPU, which a single text leaves mostly idle; addressing shard batches %d",
+            system, encode.batch_size,
+        )  # fmt: skip
+    head = text_settings(base, {})
+    queues: dict[Path, _Queue] = {}
+    part_queue: dict[str, _Queue] = {}
+    for part in parts:
+        root = text_store_root(cache_dir, text_settings(base, methods[part]))
+        if root not in queues:
+            queues[root] = _Queue(RowStore(root, None, np.float16), methods[part])
+        part_queue[part] = queues[root]
+    states = {p: PartState() for p in parts}
+    part_keys: dict[str, list[np.ndarray]] = {p: [] for p in parts}
+    stats: dict[str, Any] = {"computed": 0, "reused": 0, "rows": 0}
+    t0 = time.perf_counter()
+    executor_ = executor or InlineExecutor()
+    inline = executor is None
+    pending: deque[tuple[_Queue, list[bytes], Any]] = deque()
+    bar = tqdm(desc=f"encode {system}", unit="text", unit_scale=True, dynamic_ncols=True)
+
+    def finish(queue: _Queue, keys: list[bytes], fut: Any) -> None:
+        result: ShardResult = fut.result()
+        if result.embeddings.shape[0] != len(keys) or result.key != _unit_key(queue, keys):
+            raise RuntimeError(f"encode {system}: a work unit came back with the wrong key or rows")
+        queue.store.put(np.array(keys, dtype=DIGEST), result.embeddings)  # the resume point
+        queue.queued.difference_update(keys)
+        stats["computed"] += len(keys)
+        if not inline:
+            bar.update(len(keys))
+
+    def submit(queue: _Queue) -> None:
+        keys, texts = list(queue.buffer), tuple(queue.buffer.values())
+        queue.buffer = {}
+        spec = ShardSpec(_unit_key(queue, keys), location, load_revision, enc.max_seq_length,
+                         accel.device, accel.dtype, 1, texts, cpu_kernels,
+                         **_spec_method(queue.fields))  # fmt: skip
+        if inline:
+            fut = executor_.submit(encode_shard, spec, progress=bar.update)
+        else:
+            fut = executor_.submit(encode_shard, spec)
+        pending.append((queue, keys, fut))
+        while len(pending) >= (1 if inline else MAX_IN_FLIGHT):
+            finish(*pending.popleft())
+
+    try:
+        for part, path in parts.items():
+            reader = read_collection(path) if part == "corpus" else read_queries(path)
+            st, queue = states[part], part_queue[part]
+            settings = {**head, **methods[part]}
+            for index, chunk in enumerate(_chunks(reader, encode.shard_size)):
+                blob = "".join(f"{i}\t{t}\n" for i, t in chunk).encode("utf-8")
+                st.text_hash.update(blob)
+                st.ids.extend(i for i, _ in chunk)
+                text_sha = sha256_hex(blob)
+                st.shards.append({
+                    "file": f"{part}/{index:05d}.npy",
+                    "key": shard_key(settings, text_sha),
+                    "rows": len(chunk),
+                    "first_id": chunk[0][0],
+                    "last_id": chunk[-1][0],
+                    "text_sha256": text_sha,
+                })  # fmt: skip
+                stats["rows"] += len(chunk)
+                keys = [digest(t) for _, t in chunk]
+                part_keys[part].append(np.array(keys, dtype=DIGEST))
+                new = 0
+                for j in np.flatnonzero(queue.store.missing(part_keys[part][-1])).tolist():
+                    if keys[j] not in queue.queued:
+                        queue.queued.add(keys[j])
+                        queue.buffer[keys[j]] = chunk[j][1]
+                        new += 1
+                        if len(queue.buffer) >= encode.shard_size:
+                            submit(queue)
+                bar.update(len(chunk) - new)
+        for queue in queues.values():
+            if queue.buffer:
+                submit(queue)
+        while pending:
+            finish(*pending.popleft())
+    finally:
+        bar.close()
+
+    for part, st in states.items():
+        if not st.ids:
+            raise DataError(f"{parts[part]}: no rows to encode for part {part!r}")
+    dim = part_queue[next(iter(parts))].store.width
+    with atomic_dir(out_dir) as stage:
+        manifest: dict[str, Any] = {
+            **head,
+            "model": params.model,
+            "system": system,
+            "score": enc.score,
+            "dim": dim,
+            "parts": {},
+            **manifest_extra(enc),
+        }
+        for part, st in states.items():
+            ids = np.asarray(st.ids, dtype=np.int64)
+            with write_bytes_atomic(stage / part / "ids.npy", gz=False) as fh:
+                np.save(fh, ids, allow_pickle=False)
+            for entry, keys_ in zip(st.shards, part_keys[part], strict=True):
+                rows = part_queue[part].store.get(keys_)
+                with write_bytes_atomic(stage / entry["file"], gz=False) as fh:
+                    np.save(fh, np.ascontiguousarray(rows, dtype=np.float16), allow_pickle=False)
+                entry["sha256"] = file_digest(stage / entry["file"], "sha256")
+            manifest["parts"][part] = {
+                "rows": len(ids),
+                "text_sha256": st.text_hash.hexdigest(),
+                "ids": f"{part}/ids.npy",
+                "shards": st.shards,
+            }
+        write_json(stage / "manifest.json", manifest)
+    stats["reused"] = stats["rows"] - stats["computed"]
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info(
+        "encode %s: %d rows, %d texts encoded (one at a time), %d found in the text store, %.0f texts/s (%s)",
+        system, stats["rows"], stats["computed"], stats["reused"],
+        stats["rows"] / stats["seconds"] if stats["seconds"] else 0.0, accel.describe(),
+    )  # fmt: skip
+    record_work(f"encode@{system}", "texts", done=stats["computed"], total=stats["rows"])
+    return stats
+
+
+def _unit_key(queue: _Queue, keys: list[bytes]) -> str:
+    """A work unit's name: its store and the digests of its texts, in order."""
+    return sha256_hex(str(queue.store.root.name).encode() + b"".join(keys))
 
 
 # --------------------------------------------------------------------------- readers

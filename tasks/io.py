@@ -539,9 +539,13 @@ def record_work(stage: str, unit: str, done: int, total: int, **extra: Any) -> N
     it to put the share of work redone beside the share of the data changed.
     """
     path = os.environ.get(WORK_LOG_ENV)
-    log.info("work %s: %d of %d %s%s", stage, done, total, unit, "".join(f", {k}={v}" for k, v in extra.items()))
+    log.info(
+        "work %s: %d of %d %s%s", stage, done, total, unit, "".join(f", {k}={v}" for k, v in extra.items())
+    )
     if not path:
         return
-    line = json.dumps({"stage": stage, "unit": unit, "done": int(done), "total": int(total), **extra}, sort_keys=True)
+    line = json.dumps(
+        {"stage": stage, "unit": unit, "done": int(done), "total": int(total), **extra}, sort_keys=True
+    )
     with open(path, "a", encoding="utf-8") as fh:  # O_APPEND: whole lines from concurrent stages
         fh.write(line + "\n")

@@ -17,6 +17,13 @@ Resumable like ``score``: the shards go through the same content-addressed cache
 the resolved device/dtype and by the shard's pairs and texts), which DVC does not delete, so a
 rerun after kill -9 -- by ``dvc repro ce_rerank``, the flow or this CLI -- scores only the missing
 shards and writes the same bytes. The CLI holds the stage lock (:mod:`tasks.locks`, exit 4).
+
+With ``cross_encoder.addressing: pair`` the scores are cached per (query text, passage text)
+instead, each pair scored alone (a batch of one: a score's bits then depend on the pair only,
+not on its batch neighbours), in the same store as ``score`` (``paths.score_cache/pairs/``): a
+refresh re-scores only the candidates it has never seen and still writes the bytes of a run with
+an empty cache. Each run calls :func:`tasks.io.record_work` (``ce_rerank``: pairs scored of the
+distinct pairs, with the candidate file's name).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 
 from tasks.cli import run_stage, stage_parser
 from tasks.config import ROOT, Config, ConfigError, CrossEncoderCfg
-from tasks.io import write_json
+from tasks.io import record_work, write_json
 from tasks.records import Candidates, Hit, read_candidates, write_run
 from tasks.score import ModelSpec, load_texts, score_resumable
 
@@ -69,9 +76,13 @@ def run(
     qids, pids = top_hits(candidates)
     queries, passages = load_texts(collection, queries_path, qids, pids, str(run_path))
     spec = ModelSpec.from_cfg(ce, model_path)  # resolves device/dtype here, once
-    scores = score_resumable(
+    done = score_resumable(
         qids, pids, queries, passages, spec, ce.shard_size, cache_dir, executor, f"rerank {run_path.name}"
-    ).scores
+    )
+    record_work(
+        "ce_rerank", "pairs", done=done.pairs_scored, total=done.pairs_total, candidates=run_path.name
+    )
+    scores = done.scores
     order = np.lexsort((pids, -scores.astype(np.float64), qids))
     hits: list[Hit] = []
     rank = 0

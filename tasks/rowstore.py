@@ -70,7 +70,9 @@ class RowStore:
 
     # ------------------------------------------------------------------ reading
     def _open(self) -> None:
-        stems = sorted(p.name[: -len(".json")] for p in self.root.glob("*.json")) if self.root.is_dir() else []
+        stems = (
+            sorted(p.name[: -len(".json")] for p in self.root.glob("*.json")) if self.root.is_dir() else []
+        )
         keys, where = [], []
         for stem in stems:
             got = self._check(stem)

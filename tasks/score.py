@@ -20,6 +20,29 @@ once -- and scores them with a sentence-transformers ``CrossEncoder`` (``cross_e
   ``dvc repro``, the flow or this CLI, or after a params change that does not touch the scores --
   scores only the missing shards, logs ``N shard(s) of M reused``, and writes files
   byte-identical to an uninterrupted run. ``ce_rerank`` resumes the same way.
+- ``cross_encoder.addressing: pair`` (the incremental refresh; default ``shard`` is the above,
+  bits and keys unchanged): each pair's score is keyed by ``tasks.rowstore.digest(query text,
+  passage text)`` in a :class:`~tasks.rowstore.RowStore` ``paths.score_cache/pairs/<settings>/``
+  (settings: the model identity without batch_size, library versions, format). Only pairs the
+  store lacks are scored, each distinct text pair once, in work units of ``shard_size`` pairs
+  (one ``put`` each: the resume point), and every score is read back from the store. Each pair
+  is scored ALONE (a batch of one) because a score's last bits depend on its batch neighbours:
+  measured with all-MiniLM-L6-v2 on this CPU, 179 of 256 fp32 embeddings differed between
+  length-sorted batches of 32 and batches of one. Alone, a score depends on the pair only, so a
+  refresh that adds, edits or drops 1% of the pairs scores that 1% and writes the bytes of a
+  run with an empty cache. A batch of one's bits also depend on torch's thread count (27 of 300
+  scores differed, 1 vs 2 threads), so on CPU pair mode scores on ``PAIR_CPU_THREADS`` (1)
+  thread, recorded in the store's key. The cost: a MiniLM-L6-sized cross-encoder on this
+  2-core CPU (pinned avx2 kernels, 1000 pairs of 5-12 + 40-90 words) scores 84-88 pairs/s in
+  length-sorted batches of 32 on 2 threads, 44 on 1 thread, and 34-37 pairs/s alone on 1 thread:
+  a full rebuild in pair mode takes ~2.5x longer in one process (more local workers,
+  ``orchestration.local_workers``, win back the cores), so it pays off when a refresh reuses most
+  pairs. On a GPU, whose throughput comes from large batches, the gap is larger (not measured).
+  The modes agree to float rounding (max |diff| 1.6e-7), not bit for bit (~890 of those 1000
+  scores differ in the last bits), so switching addressing changes the outputs once.
+  Both addressings call :func:`tasks.io.record_work` (``score``, pairs scored of total); the
+  manifest's per-shard list is over the ``shard_size`` partition of the output order either way,
+  and no reused/computed count reaches an output.
 - One writer: the CLI holds the stage lock (:mod:`tasks.locks`); a second ``tasks.score`` on the
   same outputs (say, started by a ``dvc repro`` after the first one was killed) exits 4 at once.
 - Outputs: ``paths.scores/ce-scores.parquet`` (``qid:int64, pid:int64, score:float32`` sorted by
@@ -37,9 +60,11 @@ score from the model raises (naming the shard and pairs), never becomes a number
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +85,7 @@ from tasks.io import (
     dumps_json,
     file_digest,
     read_json,
+    record_work,
     write_bytes_atomic,
     write_json,
 )
@@ -76,6 +102,10 @@ log = logging.getLogger(__name__)
 BACKEND_EXTRAS = {"onnx": "sentence-transformers[onnx]", "openvino": "sentence-transformers[openvino]"}
 MANIFEST_VERSION = 2  # 2: shards live in paths.score_cache; the manifest records the resolved device/dtype
 CACHE_FORMAT = 1
+# addressing: pair on CPU scores with this many torch threads, whatever the worker has: the bits of
+# a batch of one depend on the thread count (measured: 27 of 300 scores differ, 1 vs 2 threads),
+# those of the length-sorted batches of 32 did not (300 of 300 equal)
+PAIR_CPU_THREADS = 1
 
 
 # --------------------------------------------------------------------------- model
@@ -100,6 +130,7 @@ class ModelSpec:
     device: str = "cpu"
     dtype: str = "fp32"
     cpu_kernels: str | None = "avx2"  # tasks.accel.pin_cpu_kernels on CPU; None on CUDA
+    addressing: str = "shard"  # "pair": every pair scored alone (batch of one), cached by its texts
 
     @classmethod
     def from_cfg(cls, ce: CrossEncoderCfg, model_path: str | None = None, accel: Any = None) -> ModelSpec:
@@ -118,6 +149,7 @@ class ModelSpec:
             device=accel.device,
             dtype=accel.dtype,
             cpu_kernels=ce.cpu_kernels if accel.device == "cpu" else None,
+            addressing=ce.addressing,
         )
 
 
@@ -207,17 +239,34 @@ def length_order(queries: list[str], passages: list[str]) -> np.ndarray:
     return np.argsort(-lengths, kind="stable")
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU kernels on ``n`` threads for the block (then restore the count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def score_pairs(spec: ModelSpec, queries: list[str], passages: list[str]) -> np.ndarray:
-    """Raw cross-encoder logits (float32) for the pairs, in input order, length-bucketed."""
+    """Raw cross-encoder logits (float32) for the pairs, in input order, length-bucketed
+    (``addressing: pair``: each pair alone, a batch of one, so its bits depend on it only)."""
     import torch
 
     model, lock = load_model(spec)
     order = length_order(queries, passages)
     out = np.empty(len(order), dtype=np.float32)
     identity = torch.nn.Identity()
-    with lock:  # a tokenizer and a model are not safe to share between threads
-        for start in range(0, len(order), spec.batch_size):
-            idx = order[start : start + spec.batch_size]
+    step = 1 if spec.addressing == "pair" else spec.batch_size
+    pinned = spec.addressing == "pair" and spec.device == "cpu"
+    # a tokenizer and a model are not safe to share between threads
+    with lock, _torch_threads(PAIR_CPU_THREADS) if pinned else contextlib.nullcontext():
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
             batch = [(queries[i], passages[i]) for i in idx]
             scores = model.predict(
                 batch, batch_size=len(batch), activation_fn=identity, show_progress_bar=False
@@ -326,10 +375,18 @@ def iter_shard_specs(
 def model_identity(model: ModelSpec) -> dict[str, Any]:
     """The model as keys and manifests record it: a local directory by its content hash, never
     by where it lives (the same model gives the same keys in any checkout), and the resolved
-    device and dtype (work done under another setting is never reused)."""
+    device and dtype (work done under another setting is never reused). ``addressing`` is
+    recorded only when it is ``pair`` (which drops ``batch_size``: pairs are scored alone), so
+    shard-mode keys and manifests are those of before the option existed."""
     from tasks.accel import kernels_id
 
     ident = asdict(model)
+    if model.addressing == "pair":
+        ident.pop("batch_size")  # pairs are scored alone: the batch size changes nothing
+        if model.device == "cpu":
+            ident["cpu_threads"] = PAIR_CPU_THREADS
+    else:
+        ident.pop("addressing")  # shard mode: the keys and manifests of before the option existed
     ident["cpu_kernels"] = kernels_id(model.cpu_kernels)  # e.g. avx2+MKL_CBWR=AVX2: new settings, new keys
     revision = model_revision(model.model, model.revision)
     if Path(model.model).is_dir():
@@ -465,8 +522,10 @@ class Scored:
     scores: np.ndarray
     identity: dict[str, Any]  # model_identity(): what the manifest records
     shards: list[dict[str, Any]]  # per shard: rows, input_sha256, sha256 of the scores
-    computed: list[int]
+    computed: list[int]  # shards with pairs scored this run (pair mode: at least one)
     reused: list[int]
+    pairs_scored: int = 0  # pairs scored this run (tasks.io.record_work's ``done``)
+    pairs_total: int = 0  # the units of work: pairs (shard mode), distinct (query, passage) texts (pair)
 
 
 def score_resumable(
@@ -480,8 +539,33 @@ def score_resumable(
     executor: Executor | None = None,
     what: str = "score",
 ) -> Scored:
-    """Score the pairs in shards, reusing every shard already in ``cache_dir`` (``score`` and
-    ``ce_rerank`` both resume this way); the log says how many shards were reused/computed."""
+    """Score the pairs, reusing what ``cache_dir`` holds (``score`` and ``ce_rerank`` both
+    resume this way): whole shards (``addressing: shard``) or single pairs by their texts
+    (``addressing: pair``, :func:`score_by_pair`); the log says how much was reused.
+
+    The per-shard list (rows, input and score hashes) is always over the ``shard_size``
+    partition of the input order, so it depends on the pairs, texts and settings only."""
+    if model.addressing == "pair":
+        done = score_by_pair(qids, pids, queries, passages, model, shard_size, cache_dir, executor, what)
+    else:
+        done = _score_by_shard(qids, pids, queries, passages, model, shard_size, cache_dir, executor, what)
+    for i, entry in enumerate(done.shards):
+        part = done.scores[i * shard_size : i * shard_size + entry["rows"]]
+        entry["sha256"] = hashlib.sha256(part.astype("<f4").tobytes()).hexdigest()
+    return done
+
+
+def _score_by_shard(
+    qids: np.ndarray,
+    pids: np.ndarray,
+    queries: dict[int, str],
+    passages: dict[int, str],
+    model: ModelSpec,
+    shard_size: int,
+    cache_dir: Path | None,
+    executor: Executor | None,
+    what: str,
+) -> Scored:
     cache = ShardCache(cache_dir) if cache_dir is not None else MemoryCache()
     identity = model_identity(model)
     base = {"format": CACHE_FORMAT, "model": identity, "libraries": library_versions(model.backend)}
@@ -514,10 +598,85 @@ def score_resumable(
     todo_pairs = sum(shards[i]["rows"] for i in todo)
     specs = iter_shard_specs(qids, pids, queries, passages, model, shard_size, only=todo)
     run_shards(specs, todo_pairs, save, executor)
-    for i, entry in enumerate(shards):
-        part = scores[i * shard_size : i * shard_size + entry["rows"]]
-        entry["sha256"] = hashlib.sha256(part.astype("<f4").tobytes()).hexdigest()
-    return Scored(scores, identity, shards, sorted(todo), reused)
+    return Scored(scores, identity, shards, sorted(todo), reused, todo_pairs, n)
+
+
+def pair_store_root(cache_dir: Path, model: ModelSpec) -> Path:
+    """``<cache_dir>/pairs/<settings key>``: the :class:`~tasks.rowstore.RowStore` of one setting.
+
+    The key hashes the model identity (the batch size aside: a pair is scored alone), the
+    library versions and the cache format; scores of another setting are never mixed in."""
+    identity = {k: v for k, v in model_identity(model).items() if k != "batch_size"}
+    settings = {
+        "addressing": "pair",
+        "format": CACHE_FORMAT,
+        "libraries": library_versions(model.backend),
+        "model": identity,
+    }
+    return Path(cache_dir) / "pairs" / hashlib.sha256(dumps_json(settings).encode()).hexdigest()
+
+
+def score_by_pair(
+    qids: np.ndarray,
+    pids: np.ndarray,
+    queries: dict[int, str],
+    passages: dict[int, str],
+    model: ModelSpec,
+    shard_size: int,
+    cache_dir: Path | None,
+    executor: Executor | None = None,
+    what: str = "score",
+) -> Scored:
+    """``addressing: pair``: each pair's score keyed by ``digest(query text, passage text)``.
+
+    The pairs the store lacks (each distinct digest once, in first-occurrence order) are scored
+    ALONE, in work units of ``shard_size`` pairs through :func:`run_shards` (so any executor);
+    each finished unit is one ``store.put``: a resume point after kill -9. Then every pair's
+    score is read back from the store, so the result never depends on what was cached.
+    ``cache_dir=None``: a throwaway store in a temporary directory (no resume point)."""
+    from tasks.rowstore import RowStore, digests
+
+    if model.addressing != "pair":
+        raise ValueError(f"score_by_pair needs a ModelSpec with addressing='pair', not {model.addressing!r}")
+    identity = model_identity(model)
+    shards = [
+        {"rows": len(spec.qids), "input_sha256": spec.input_hash()}
+        for spec in iter_shard_specs(qids, pids, queries, passages, model, shard_size)
+    ]
+    q_texts = [queries[int(q)] for q in qids.tolist()]
+    p_texts = [passages[int(p)] for p in pids.tolist()]
+    keys = digests(zip(q_texts, p_texts, strict=True))
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="score-pairs-")))
+        else:
+            root = pair_store_root(cache_dir, model)
+        store = RowStore(root, 1, np.float32)
+        _, first = np.unique(keys, return_index=True)
+        first = np.sort(first)  # one index per distinct digest, in input order
+        todo = first[store.missing(keys[first])]
+        log.info(
+            "%s: %d distinct pair(s) of %d reused from %s, %d to score (each alone)",
+            what, len(first) - len(todo), len(first), cache_dir or "memory", len(todo),
+        )  # fmt: skip
+        units = [todo[start : start + shard_size] for start in range(0, len(todo), shard_size)]
+
+        def unit_specs() -> Iterator[ShardSpec]:
+            for index, idx in enumerate(units):
+                rows = idx.tolist()
+                yield ShardSpec(
+                    index, model, qids[idx], pids[idx], [q_texts[i] for i in rows], [p_texts[i] for i in rows]
+                )
+
+        def save(spec: ShardSpec, result: ShardResult) -> None:
+            store.put(keys[units[spec.index]], result.scores.reshape(-1, 1))
+
+        run_shards(unit_specs(), len(todo), save, executor)
+        scores = np.ascontiguousarray(store.get(keys)[:, 0], dtype=np.float32)
+    touched = np.isin(keys, keys[todo]) if len(todo) else np.zeros(len(keys), dtype=bool)
+    computed = sorted(set((np.flatnonzero(touched) // shard_size).tolist()))
+    reused = sorted(set(range(len(shards))) - set(computed))
+    return Scored(scores, identity, shards, computed, reused, len(todo), len(first))
 
 
 # --------------------------------------------------------------------------- run
@@ -534,7 +693,8 @@ def run(
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Score every distinct pair; returns the stats (also written to ``stats_path``,
-    default ``scores_dir/score.json``) plus ``computed_shards`` / ``reused_shards``.
+    default ``scores_dir/score.json``) plus ``computed_shards`` / ``reused_shards`` /
+    ``scored_pairs`` (what this run computed; never written to an output).
 
     ``model_path`` overrides ``ce.model`` (``main`` resolves a local path against the root).
     ``executor`` runs the shards (``None``: in this process); results do not depend on it.
@@ -590,7 +750,8 @@ def run(
     )
     if stats_path is not None:
         write_json(stats_path, stats)
-    todo_pairs = sum(done.shards[i]["rows"] for i in done.computed)
+    todo_pairs = done.pairs_scored
+    record_work("score", "pairs", done=todo_pairs, total=done.pairs_total)
     log.info(
         "scored %d pair(s) in %d new shard(s) and reused %d shard(s), %.1fs (%.0f pairs/s); wrote %s and %s",
         todo_pairs,
@@ -601,7 +762,8 @@ def run(
         scores_dir / "ce-scores.parquet",
         pickle_path,
     )
-    return {**stats, "computed_shards": done.computed, "reused_shards": done.reused}
+    computed = {"computed_shards": done.computed, "reused_shards": done.reused, "scored_pairs": todo_pairs}
+    return {**stats, **computed}
 
 
 def resolve_model(model: str, root: Path) -> str:
