@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
         help="for a corpus that changes: embeddings cached per text, CE scores per pair, ranked lists "
         "kept (encode.addressing text, cross_encoder.addressing pair, mine.incremental), so a refresh "
         "redoes only what changed and ends byte-identical to a full rebuild; each text and pair is then "
-        "computed alone (as fast as batches on CPU, much slower on a GPU)",
+        "computed alone (about 0.8x batch speed on CPU, measured; much slower on a GPU)",
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing profile file")
     init.add_argument("--no-use", action="store_true", help="write the profile only, leave params.yaml")
