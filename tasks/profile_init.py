@@ -155,6 +155,12 @@ def parser() -> argparse.ArgumentParser:
         "--model", action="append", help=f"a bi-encoder (hub id or path), repeatable; default {DEFAULT_MODEL}"
     )
     init.add_argument(
+        "--score",
+        choices=("auto", "cos", "dot"),
+        default="auto",
+        help="similarity of the --model systems (default auto: the model's own similarity_fn_name)",
+    )
+    init.add_argument(
         "--cross-encoder", help=f"the cross-encoder (hub id or path); default {DEFAULT_CROSS_ENCODER}"
     )
     init.add_argument(
