@@ -20,13 +20,29 @@ pack in name order wins, so which one is read never depends on the order packs w
 
 Lookups go through one sorted array of every digest (16 bytes a row: 16 MB per million rows),
 not a Python dict.
+
+Two processes may share one store (two CLIs run by hand against the same cache). A pack in
+flight looks exactly like a killed writer's leftovers (rows and keys renamed into place, no JSON
+yet), so the cleanup above must never run while a write is in progress. An advisory ``flock`` on
+``<root>/.lock`` (:data:`LOCK_NAME`) tells the two apart: :meth:`RowStore.put` holds a *shared*
+lock from before its first rename until its JSON is in place (writers never wait for each
+other), and opening the store removes orphans and damaged packs only under an *exclusive* lock
+taken without waiting. If any writer holds the lock, the cleanup is skipped (logged at debug):
+the candidates are left in place and not indexed, and the next open with no writer running
+removes them. Each candidate is checked again under the exclusive lock, since a writer may have
+finished it between the scan and the lock. The kernel drops a killed writer's lock with its
+process, so a kill never leaves the store locked. A pack removed by hand after the store opened
+makes :meth:`RowStore.get` raise :class:`~tasks.io.DataError` naming the store and the pack.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DIGEST = np.dtype("S16")
 FORMAT = 1
+LOCK_NAME = ".lock"  # advisory flock: shared while a put is in flight, exclusive to clean up
 
 
 def digest(*parts: str) -> bytes:
@@ -68,25 +85,82 @@ class RowStore:
         self._rows: dict[int, np.ndarray] = {}
         self._open()
 
+    # ------------------------------------------------------------------ locking
+    def _lock_fd(self) -> int:
+        """An open descriptor of ``<root>/.lock`` (created; the root must exist)."""
+        return os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the shared lock: no open removes this process's pack while it is incomplete."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = self._lock_fd()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an open is cleaning up
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextlib.contextmanager
+    def _cleaning(self) -> Iterator[bool]:
+        """Try the exclusive lock without waiting; yields whether it is held (no write in flight)."""
+        try:
+            fd = self._lock_fd()
+        except OSError as exc:  # e.g. a read-only store: nothing could be removed anyway
+            log.debug("row store %s: cannot open %s (%s); cleanup skipped", self.root, LOCK_NAME, exc)
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ reading
     def _open(self) -> None:
-        stems = (
-            sorted(p.name[: -len(".json")] for p in self.root.glob("*.json")) if self.root.is_dir() else []
-        )
-        keys, where = [], []
+        if not self.root.is_dir():
+            return
+        stems = sorted(p.name[: -len(".json")] for p in self.root.glob("*.json"))
+        found: dict[str, np.ndarray] = {}
+        damaged = []
         for stem in stems:
-            got = self._check(stem)
+            got = self._verify(stem)
             if got is None:
-                continue
+                damaged.append(stem)
+            else:
+                found[stem] = got
+        known = set(stems)
+        orphans = sorted(p for p in self.root.glob("*.npy") if p.name.rsplit(".", 2)[0] not in known)
+        if damaged or orphans:
+            with self._cleaning() as held:
+                if not held:
+                    log.debug(
+                        "row store %s: a write is in progress; %d damaged pack(s) and %d orphan file(s) "
+                        "left in place for a later open", self.root, len(damaged), len(orphans),
+                    )  # fmt: skip
+                else:
+                    for stem in damaged:  # checked again: a writer may have rewritten it meanwhile
+                        got = self._verify(stem)
+                        if got is None:
+                            self._remove_pack(stem)
+                        else:
+                            found[stem] = got
+                    self._remove_orphans(orphans)
+        keys, where = [], []
+        for stem in sorted(found):
             index = len(self._packs)
             self._packs.append(self.root / stem)
-            keys.append(got)
-            where.append(np.stack([np.full(len(got), index), np.arange(len(got))], axis=1))
-        self._remove_orphans(set(stems))
+            keys.append(found[stem])
+            where.append(np.stack([np.full(len(found[stem]), index), np.arange(len(found[stem]))], axis=1))
         if keys:
             self._index(np.concatenate(keys), np.concatenate(where))
 
-    def _check(self, stem: str) -> np.ndarray | None:
+    def _verify(self, stem: str) -> np.ndarray | None:
+        """The keys of pack ``stem`` if its JSON matches this store and both files; else None."""
         meta_path = self.root / f"{stem}.json"
         rows_path, keys_path = self.root / f"{stem}.rows.npy", self.root / f"{stem}.keys.npy"
         try:
@@ -100,25 +174,27 @@ class RowStore:
                 and file_digest(rows_path, "sha256") == meta.get("rows_sha256")
                 and file_digest(keys_path, "sha256") == meta.get("keys_sha256")
             )
-        except (DataError, OSError):
+            if ok:
+                keys = np.load(keys_path, allow_pickle=False)
+        except (DataError, OSError, ValueError):
             ok = False
         if not ok:
-            log.warning("row store %s: pack %s is damaged or incomplete; removing it", self.root, stem)
-            for p in (meta_path, rows_path, keys_path):
-                p.unlink(missing_ok=True)
             return None
         self.width = int(meta["width"])
-        return np.load(keys_path, allow_pickle=False)
+        return keys
 
-    def _remove_orphans(self, stems: set[str]) -> None:
-        """Rows/keys files with no JSON: a writer killed before its last rename."""
-        if not self.root.is_dir():
-            return
-        for p in self.root.glob("*.npy"):
-            stem = p.name.rsplit(".", 2)[0]
-            if stem not in stems:
-                log.warning("row store %s: removing %s, left by an interrupted write", self.root, p.name)
-                p.unlink(missing_ok=True)
+    def _remove_pack(self, stem: str) -> None:
+        log.warning("row store %s: pack %s is damaged or incomplete; removing it", self.root, stem)
+        for suffix in (".json", ".rows.npy", ".keys.npy"):
+            (self.root / f"{stem}{suffix}").unlink(missing_ok=True)
+
+    def _remove_orphans(self, orphans: list[Path]) -> None:
+        """Rows/keys files with no JSON: a writer killed before its last rename (lock held)."""
+        for p in orphans:
+            if (self.root / f"{p.name.rsplit('.', 2)[0]}.json").exists():
+                continue  # its writer finished between the scan and the lock
+            log.warning("row store %s: removing %s, left by an interrupted write", self.root, p.name)
+            p.unlink(missing_ok=True)
 
     def _index(self, keys: np.ndarray, where: np.ndarray) -> None:
         all_keys = np.concatenate([self._keys, keys])
@@ -147,7 +223,19 @@ class RowStore:
 
     def _pack_rows(self, index: int) -> np.ndarray:
         if index not in self._rows:
-            self._rows[index] = np.load(f"{self._packs[index]}.rows.npy", mmap_mode="r", allow_pickle=False)
+            path = Path(f"{self._packs[index]}.rows.npy")
+            try:
+                self._rows[index] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError as exc:
+                raise DataError(
+                    f"row store {self.root}: pack {path.name} was removed after the store was opened "
+                    "(by hand, or by another process); rerun to recompute its rows"
+                ) from exc
+            except (OSError, ValueError) as exc:
+                raise DataError(
+                    f"row store {self.root}: pack {path.name} cannot be read ({exc}); remove "
+                    f"{self._packs[index].name}.* and rerun to recompute its rows"
+                ) from exc
         return self._rows[index]
 
     def get(self, keys: np.ndarray) -> np.ndarray:
@@ -173,22 +261,22 @@ class RowStore:
             raise ValueError(f"row store {self.root}: rows are {rows.shape[1]} wide, the store {self.width}")
         self.width = int(rows.shape[1])
         stem = self.root / hashlib.sha256(keys.tobytes()).hexdigest()[:32]
-        self.root.mkdir(parents=True, exist_ok=True)
         rows_path, keys_path = Path(f"{stem}.rows.npy"), Path(f"{stem}.keys.npy")
-        for path, arr in ((rows_path, rows), (keys_path, keys)):
-            with write_bytes_atomic(path, gz=False) as fh:
-                np.save(fh, arr, allow_pickle=False)
-        write_json(
-            Path(f"{stem}.json"),
-            {
-                "format": FORMAT,
-                "rows": len(keys),
-                "width": self.width,
-                "dtype": self.dtype.str,
-                "rows_sha256": file_digest(rows_path, "sha256"),
-                "keys_sha256": file_digest(keys_path, "sha256"),
-            },
-        )
+        with self._writing():  # from the first rename until the JSON: no open removes the pack
+            for path, arr in ((rows_path, rows), (keys_path, keys)):
+                with write_bytes_atomic(path, gz=False) as fh:
+                    np.save(fh, arr, allow_pickle=False)
+            write_json(
+                Path(f"{stem}.json"),
+                {
+                    "format": FORMAT,
+                    "rows": len(keys),
+                    "width": self.width,
+                    "dtype": self.dtype.str,
+                    "rows_sha256": file_digest(rows_path, "sha256"),
+                    "keys_sha256": file_digest(keys_path, "sha256"),
+                },
+            )
         if stem not in self._packs:
             index = len(self._packs)
             self._packs.append(stem)
