@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.ingest import read_jsonl_objects
 from tasks.io import DataError, atomic_dir, iter_lines, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,8 @@ def _find(folder: Path, name: str) -> Path:
 def _read_jsonl(path: Path) -> list[Record]:
     out: list[Record] = []
     seen: dict[str, str] = {}
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or "_id" not in obj or not isinstance(obj.get("text"), str):
+    for obj, where, line in read_jsonl_objects(path):
+        if "_id" not in obj or not isinstance(obj.get("text"), str):
             raise DataError(f"{where}: expected a JSON object with '_id' and a string 'text'")
         ident = str(obj["_id"])
         if ident in seen:

@@ -122,7 +122,12 @@ class Source:
 
 
 # --------------------------------------------------------------------------- beir
-def _jsonl(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """``(object, "file:line", line as read)`` of each non-blank line; DataError unless a JSON object.
+
+    The one JSONL reader of BEIR files (also :mod:`tasks.corpus_change`, which copies unchanged
+    lines byte for byte, hence the raw line).
+    """
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
@@ -133,7 +138,7 @@ def _jsonl(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
             raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, found {type(obj).__name__}")
-        yield obj, where
+        yield obj, where, line
 
 
 def _field(obj: dict[str, Any], key: str, where: str, ident: str, optional: bool = False) -> str:
@@ -162,7 +167,7 @@ def _record_id(obj: dict[str, Any], where: str) -> str:
 
 
 def _beir_corpus(path: Path, rule: str) -> Iterator[tuple[str, str, str]]:
-    for obj, where in _jsonl(path):
+    for obj, where, _line in read_jsonl_objects(path):
         ident = _record_id(obj, where)
         title = _field(obj, "title", where, ident, optional=True)
         yield ident, passage_text(title, _field(obj, "text", where, ident), rule), where
@@ -205,7 +210,7 @@ def read_beir(root: Path, ds: Dataset) -> Source:
         raise DataError(f"{root}: no such folder (datasets path of a beir dataset)")
     corpus, queries_path = _find(root, "corpus.jsonl"), _find(root, "queries.jsonl")
     queries: dict[str, tuple[str, str]] = {}
-    for obj, where in _jsonl(queries_path):
+    for obj, where, _line in read_jsonl_objects(queries_path):
         ident = _record_id(obj, where)
         if ident in queries:
             raise DataError(f"{where}: duplicate query _id {ident!r} (first on {queries[ident][1]})")
