@@ -23,12 +23,13 @@ its vectorised kernels (ATen), oneDNN its JIT kernels and Intel MKL (torch's fp3
 instruction set (AVX2 vs AVX-512) and, for MKL, by the CPU and its cache sizes.
 :func:`pin_cpu_kernels` with ``avx2`` (the default of ``encode.cpu_kernels`` and
 ``cross_encoder.cpu_kernels``) pins all three: ``ATEN_CPU_CAPABILITY=avx2``,
-``ONEDNN_MAX_CPU_ISA=AVX2`` and ``MKL_CBWR=AVX2`` (MKL's Conditional Numerical Reproducibility).
-What that guarantees, and what it does not:
+``ONEDNN_MAX_CPU_ISA=AVX2`` and ``MKL_CBWR=AVX2,STRICT`` (MKL's Conditional Numerical
+Reproducibility, AVX2 branch, strict mode). What that guarantees, and what it does not:
 
 - Intel CPUs with AVX2: the same bits on every one (oneMKL documents ``MKL_CBWR=AVX2`` as giving
-  identical results on all Intel CPUs with AVX2, at a fixed thread count; ATen and oneDNN run the
-  same AVX2 kernels). Measured on an Intel Xeon with AMX/AVX-512: sgemm and tanh/exp/erf bits change
+  identical results on all Intel CPUs with AVX2, at a fixed thread count, and ``STRICT`` as
+  dropping the thread-count condition for its gemm family; ATen and oneDNN run the same AVX2
+  kernels). Measured on an Intel Xeon with AMX/AVX-512: sgemm and tanh/exp/erf bits change
   with ``MKL_CBWR``, and a 4096x1024 @ 1024x1024 sgemm takes 29 ms default, 42 ms with AVX2.
 - AMD CPUs with AVX2: ATen and oneDNN are pinned as above and MKL runs its AVX2 CNR branch, but
   Intel documents identical Intel/non-Intel results only for ``MKL_CBWR=COMPATIBLE``, so bits equal
@@ -39,13 +40,22 @@ What that guarantees, and what it does not:
 - A torch without MKL (:func:`mkl_in_use` False) ignores ``MKL_CBWR``; ATen and oneDNN stay pinned.
 
 Caches never mix bits from before and after a change of these settings: keys record
-:func:`kernels_id` (``avx2+MKL_CBWR=AVX2`` today, derived from :data:`KERNEL_ENV`), not the bare
+:func:`kernels_id` (``avx2+MKL_CBWR=AVX2,STRICT`` today, derived from :data:`KERNEL_ENV`), not the bare
 name. ``native`` lets each CPU use its widest kernels (its fp32 bits then agree with others' only
 within a tolerance).
 
 Threads: torch uses every core this process may run on (``sched_getaffinity``), unless
-``OMP_NUM_THREADS`` says otherwise. The thread count does not change fp32 results (measured,
-see ``tests/test_env_independence.py``).
+``OMP_NUM_THREADS`` says otherwise. Why ``STRICT``: without it the thread state changed fp32 bits.
+Measured on a 2-core Intel Xeon with ``MKL_CBWR=AVX2``: ``scaled_dot_product_attention`` (every
+BERT-style layer's attention) of a 32x12x128x32 input gave other bits after
+``torch.set_num_threads(2)`` than in a fresh 2-thread process; all-MiniLM-L6-v2 embeddings of
+300 texts then matched in 44 rows of 300, a MiniLM-sized cross-encoder's scores in 143 of 200,
+and a batch of one's scores differed between 1 and 2 threads. With ``STRICT`` all of them match
+for 1 and 2 threads, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``set_num_threads`` alike
+(``tests/test_accel.py`` checks the attention case in fresh processes), so the bits no longer
+depend on the worker layout (Dask workers on 1 thread each, or one process on all cores). The
+cost was within the noise of 2 shared cores (all-MiniLM-L6-v2: 14.4 and 16.0 texts/s without
+``STRICT``, 10.2 and 14.4 with it, alternating runs).
 """
 
 from __future__ import annotations
@@ -66,12 +76,15 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 PROC_CPUINFO = "/proc/cpuinfo"
 CpuKernels = Literal["avx2", "native"]
 # what each portable kernel set means for torch's CPU back ends (ATen, oneDNN, MKL), read at first use
-KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
+KERNEL_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}
+}
 # what a bare kernel-set name stood for in cache keys written before MKL was pinned (never change it)
 KEYED_AS_NAME = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
-# mkl_cbwr_get(MKL_CBWR_BRANCH) codes (mkl_service.h) of the MKL_CBWR values KERNEL_ENV uses
-MKL_CBWR_BRANCH = 1
-MKL_CBWR_CODES = {"AVX2": 10}
+# mkl_cbwr_get(MKL_CBWR_ALL) codes (mkl_service.h: the branch, | MKL_CBWR_STRICT 0x10000) of the
+# MKL_CBWR values KERNEL_ENV uses
+MKL_CBWR_ALL = -1  # ~0
+MKL_CBWR_CODES = {"AVX2": 10, "AVX2,STRICT": 0x10000 | 10}
 
 
 @dataclass(frozen=True)
@@ -149,8 +162,9 @@ def mkl_in_use() -> bool:
 
 
 def mkl_cbwr_branch() -> int | None:
-    """MKL's code branch in force (``mkl_cbwr_get(MKL_CBWR_BRANCH)``; 10 is AVX2, 1 unpinned), or
-    ``None`` where torch's MKL does not export it. Asking fixes the branch, like MKL's first call."""
+    """MKL's CNR setting in force (``mkl_cbwr_get(MKL_CBWR_ALL)``: the code branch, 10 for AVX2 and
+    1 unpinned, with 0x10000 added in strict mode), or ``None`` where torch's MKL does not export
+    it. Asking fixes the setting, like MKL's first call."""
     import ctypes
 
     import torch
@@ -163,7 +177,7 @@ def mkl_cbwr_branch() -> int | None:
         except (OSError, AttributeError):
             continue
         get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
-        return int(get(MKL_CBWR_BRANCH))
+        return int(get(MKL_CBWR_ALL))
     return None
 
 
@@ -218,7 +232,8 @@ def configure_threads() -> int:
 
     On a shared, oversubscribed machine fewer threads can be faster (measured: a tiny model at
     load 6 on 2 cores ran 4x faster with 1 thread than with 2); set ``OMP_NUM_THREADS`` then.
-    The count changes speed only, never the fp32 bits (measured; a test compares 1 vs 2).
+    The count changes speed only, never the fp32 bits, with ``cpu_kernels: avx2`` (MKL's strict
+    CNR mode; see the module docstring). With ``native`` it may change them.
     """
     import torch
 

@@ -30,12 +30,14 @@ once -- and scores them with a sentence-transformers ``CrossEncoder`` (``cross_e
   measured with all-MiniLM-L6-v2 on this CPU, 179 of 256 fp32 embeddings differed between
   length-sorted batches of 32 and batches of one. Alone, a score depends on the pair only, so a
   refresh that adds, edits or drops 1% of the pairs scores that 1% and writes the bytes of a
-  run with an empty cache. A batch of one's bits also depend on torch's thread count (27 of 300
-  scores differed, 1 vs 2 threads), so on CPU pair mode scores on ``PAIR_CPU_THREADS`` (1)
-  thread, recorded in the store's key. The cost: a MiniLM-L6-sized cross-encoder on this
-  2-core CPU (pinned avx2 kernels, 1000 pairs of 5-12 + 40-90 words) scores 84-88 pairs/s in
-  length-sorted batches of 32 on 2 threads, 44 on 1 thread, and 34-37 pairs/s alone on 1 thread:
-  a full rebuild in pair mode takes ~2.5x longer in one process (more local workers,
+  run with an empty cache. A batch of one's bits depended on torch's thread count under
+  ``MKL_CBWR=AVX2`` (27 of 300 scores differed, 1 vs 2 threads); MKL's strict mode, which
+  ``cpu_kernels: avx2`` now sets (:mod:`tasks.accel`), removed that (200 of 200 equal across 1
+  and 2 threads), so pairs are scored on the worker's threads. The cost: a MiniLM-L6-sized
+  cross-encoder on this 2-core CPU (pinned avx2 kernels, 1000 pairs of 5-12 + 40-90 words)
+  scores 84-88 pairs/s in length-sorted batches of 32 on 2 threads and 58-61 pairs/s alone on
+  2 threads (measured before strict mode): a full rebuild in pair mode takes ~1.5x longer (more
+  local workers,
   ``orchestration.local_workers``, win back the cores), so it pays off when a refresh reuses most
   pairs. On a GPU, whose throughput comes from large batches, the gap is larger (not measured).
   The modes agree to float rounding (max |diff| 1.6e-7), not bit for bit (~890 of those 1000
@@ -102,10 +104,6 @@ log = logging.getLogger(__name__)
 BACKEND_EXTRAS = {"onnx": "sentence-transformers[onnx]", "openvino": "sentence-transformers[openvino]"}
 MANIFEST_VERSION = 2  # 2: shards live in paths.score_cache; the manifest records the resolved device/dtype
 CACHE_FORMAT = 1
-# addressing: pair on CPU scores with this many torch threads, whatever the worker has: the bits of
-# a batch of one depend on the thread count (measured: 27 of 300 scores differ, 1 vs 2 threads),
-# those of the length-sorted batches of 32 did not (300 of 300 equal)
-PAIR_CPU_THREADS = 1
 
 
 # --------------------------------------------------------------------------- model
@@ -239,19 +237,6 @@ def length_order(queries: list[str], passages: list[str]) -> np.ndarray:
     return np.argsort(-lengths, kind="stable")
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run torch's CPU kernels on ``n`` threads for the block (then restore the count)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def score_pairs(spec: ModelSpec, queries: list[str], passages: list[str]) -> np.ndarray:
     """Raw cross-encoder logits (float32) for the pairs, in input order, length-bucketed
     (``addressing: pair``: each pair alone, a batch of one, so its bits depend on it only)."""
@@ -262,9 +247,7 @@ def score_pairs(spec: ModelSpec, queries: list[str], passages: list[str]) -> np.
     out = np.empty(len(order), dtype=np.float32)
     identity = torch.nn.Identity()
     step = 1 if spec.addressing == "pair" else spec.batch_size
-    pinned = spec.addressing == "pair" and spec.device == "cpu"
-    # a tokenizer and a model are not safe to share between threads
-    with lock, _torch_threads(PAIR_CPU_THREADS) if pinned else contextlib.nullcontext():
+    with lock:  # a tokenizer and a model are not safe to share between threads
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             batch = [(queries[i], passages[i]) for i in idx]
@@ -383,8 +366,6 @@ def model_identity(model: ModelSpec) -> dict[str, Any]:
     ident = asdict(model)
     if model.addressing == "pair":
         ident.pop("batch_size")  # pairs are scored alone: the batch size changes nothing
-        if model.device == "cpu":
-            ident["cpu_threads"] = PAIR_CPU_THREADS
     else:
         ident.pop("addressing")  # shard mode: the keys and manifests of before the option existed
     ident["cpu_kernels"] = kernels_id(model.cpu_kernels)  # e.g. avx2+MKL_CBWR=AVX2: new settings, new keys

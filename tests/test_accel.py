@@ -137,9 +137,8 @@ def test_a_process_whose_kernels_were_chosen_otherwise_refuses() -> None:
     """A long-lived process (a Dask worker) that ran torch with other kernels must not compute
     other bits silently: pinning raises and says how to start it."""
     out = _probe("chosen", {"ATEN_CPU_CAPABILITY": "default"})
-    assert (
-        out.startswith("refused") and "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2" in out
-    ), out
+    pins = "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2,STRICT"
+    assert out.startswith("refused") and pins in out, out
 
 
 def test_avx2_kernels_need_an_avx2_cpu_and_native_changes_nothing(tmp_path: Path) -> None:
@@ -157,7 +156,7 @@ def test_kernels_are_part_of_the_cross_encoder_identity() -> None:
     from tasks.score import ModelSpec, model_identity
 
     avx2, native = ModelSpec("org/ce", "a" * 40), ModelSpec("org/ce", "a" * 40, cpu_kernels="native")
-    assert model_identity(avx2)["cpu_kernels"] == "avx2+MKL_CBWR=AVX2"
+    assert model_identity(avx2)["cpu_kernels"] == "avx2+MKL_CBWR=AVX2,STRICT"
     assert model_identity(native)["cpu_kernels"] == "native"
     assert model_identity(avx2) != model_identity(native)
 
@@ -166,7 +165,7 @@ def test_kernels_id_follows_kernel_env() -> None:
     """Any change of what a kernel set sets gives a new id (so new cache keys); native stays."""
     from tasks.accel import KERNEL_ENV, KEYED_AS_NAME, kernels_id
 
-    assert kernels_id("avx2") == "avx2+MKL_CBWR=AVX2" and kernels_id("native") == "native"
+    assert kernels_id("avx2") == "avx2+MKL_CBWR=AVX2,STRICT" and kernels_id("native") == "native"
     assert kernels_id(None) is None
     assert kernels_id("avx2", KEYED_AS_NAME) == "avx2"  # what keys said before MKL was pinned
     changed = {"avx2": {**KERNEL_ENV["avx2"], "MKL_CBWR": "COMPATIBLE"}}
@@ -206,7 +205,7 @@ def _mkl_probe(mode: str, env_extra: dict[str, str]) -> str:
 
 
 def test_pinning_sets_mkl_cbwr_and_gives_mkl_avx2_bits() -> None:
-    """pin("avx2") computes the bits of a process started with MKL_CBWR=AVX2; where MKL's own
+    """pin("avx2") computes the bits of a process started with MKL_CBWR=AVX2,STRICT; where MKL's own
     branch is wider (AVX-512), those differ from an unpinned MKL's."""
     from tasks.accel import mkl_in_use
 
@@ -214,8 +213,8 @@ def test_pinning_sets_mkl_cbwr_and_gives_mkl_avx2_bits() -> None:
         pytest.skip("this torch has no MKL")
     aten = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     pinned = _mkl_probe("pin", {})
-    assert pinned.startswith("AVX2 ")
-    assert pinned == _mkl_probe("plain", {**aten, "MKL_CBWR": "AVX2"})
+    assert pinned.startswith("AVX2,STRICT ")
+    assert pinned == _mkl_probe("plain", {**aten, "MKL_CBWR": "AVX2,STRICT"})
     if "avx512f" not in cpu_flags():
         pytest.skip("MKL's default branch here is AVX2 at most: no difference to show")
     assert pinned.split()[1] != _mkl_probe("plain", aten).split()[1]
@@ -237,4 +236,50 @@ def test_mkl_cbwr_reaches_workers_and_a_late_pin_refuses(tmp_path: Path) -> None
     for flags in (AVX512_BF16, AVX2_ONLY):  # detection both ways: the same pin on either CPU
         proc = subprocess.run([sys.executable, "-c", code, str(_cpuinfo(tmp_path, flags))], cwd=root, env=env,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert proc.returncode == 0 and proc.stdout.strip() == "AVX2", proc.stderr
+        assert proc.returncode == 0 and proc.stdout.strip() == "AVX2,STRICT", proc.stderr
+
+
+THREADS_PROBE = """
+import hashlib, sys
+from tasks.accel import mkl_cbwr_branch, pin_cpu_kernels
+if sys.argv[1] == "pin":
+    pin_cpu_kernels("avx2")
+import torch
+if sys.argv[2] != "fresh":
+    torch.set_num_threads(int(sys.argv[2]))  # what a worker's thread setup does
+g = torch.Generator().manual_seed(0)
+q = torch.randn(32, 12, 128, 32, generator=g)  # a BERT-style layer's attention: batch, heads, tokens
+with torch.no_grad():
+    out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+print(mkl_cbwr_branch(), hashlib.sha256(out.numpy().tobytes()).hexdigest())
+"""
+
+
+def _threads_probe(pin: str, threads: str, omp: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                            "MKL_CBWR", "MKL_NUM_THREADS")}  # fmt: skip
+    env["OMP_NUM_THREADS"] = omp
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, pin, threads], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_pinned_kernels_give_the_same_bits_whatever_the_thread_setup() -> None:
+    """The worker layout (one process on every core, or workers on one thread each, set by
+    OMP_NUM_THREADS or torch.set_num_threads) must not change fp32 bits. It did under
+    MKL_CBWR=AVX2: attention after set_num_threads(2) differed from a fresh 2-thread process's
+    (a 2-core Intel Xeon); MKL's strict CNR mode is what makes them agree."""
+    from tasks.accel import MKL_CBWR_CODES, mkl_in_use
+
+    if not mkl_in_use():
+        pytest.skip("this torch has no MKL")
+    setups = [("fresh", "2"), ("2", "2"), ("1", "2"), ("fresh", "1"), ("2", "1")]
+    got = {setup: _threads_probe("pin", *setup) for setup in setups}
+    assert len(set(got.values())) == 1, got
+    assert next(iter(got.values())).split()[0] == str(MKL_CBWR_CODES["AVX2,STRICT"])

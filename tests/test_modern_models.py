@@ -89,7 +89,7 @@ def _legacy_keys(model_dir: Path, parts: dict[str, Path], max_seq_length: int) -
         "max_seq_length": max_seq_length,
         "device": "cpu",
         "dtype": "fp32",
-        "cpu_kernels": "avx2+MKL_CBWR=AVX2",  # tasks.accel.kernels_id("avx2")
+        "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT",  # tasks.accel.kernels_id("avx2")
         "batch_size": ENC.batch_size,
         "format": 1,
     }

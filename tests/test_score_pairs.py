@@ -193,7 +193,7 @@ def test_pair_scores_do_not_depend_on_the_thread_count(models: TinyModels) -> No
     finally:
         torch.set_num_threads(before)
     assert got[0] == got[1]
-    assert model_identity(spec)["cpu_threads"] == 1
+    assert "cpu_threads" not in model_identity(spec)  # strict MKL CNR: the count changes no bits
 
 
 def test_a_damaged_pack_is_ignored_and_rescored(
