@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -359,8 +361,8 @@ ADDRESSING_DOC = (
     "shard: embeddings cached per shard of shard_size texts, encoded in length-sorted batches of "
     "batch_size (the published bits); text: cached per text (model + text hash) and each text encoded "
     "alone, so an embedding never depends on its neighbours: a refresh of a changed corpus encodes "
-    "only the new texts and ends byte-identical to a full rebuild (as fast as batches on CPU, slow on "
-    "a GPU)"
+    "only the new texts and ends byte-identical to a full rebuild (about 0.8x batch speed on 2 CPU "
+    "cores, measured on 2,000 texts of 5-120 words; far slower on a GPU)"
 )
 
 
@@ -876,6 +878,37 @@ HEADER = (
 )
 
 
+def dvc_param_keys(dvc_file: Path) -> set[str]:
+    """The dotted keys of ``params.yaml`` that ``dvc_file`` reads: each ``${a.b}`` it interpolates
+    (not foreach's ``key`` / ``item``) and each entry of a stage's ``params`` (``systems.${key}``
+    counts as ``systems``). DVC reads them from the file itself, not from the typed defaults: a
+    key missing there fails ``dvc repro`` ("Parameters ... are missing from 'params.yaml'")."""
+    text = dvc_file.read_text(encoding="utf-8")
+    keys = {r for r in re.findall(r"\$\{([A-Za-z_][\w.]*)\}", text) if r.split(".")[0] not in ("key", "item")}
+    for stage in (yaml.safe_load(text) or {}).get("stages", {}).values():
+        for entry in stage.get("do", stage).get("params", []):
+            if isinstance(entry, str):
+                keys.add(entry.split(".${")[0])
+    return keys
+
+
+def _fill_defaults(data: dict[str, Any], defaults: dict[str, Any], keys: Iterable[str]) -> None:
+    """Write into ``data`` the typed default of each of ``keys`` that the profile leaves out."""
+    for key in sorted(keys):
+        node, default = data, defaults
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(default, dict) or part not in default:
+                break
+            default = default[part]
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            if isinstance(default, dict) and leaf in default and leaf not in node:
+                node[leaf] = default[leaf]
+
+
 def compose(profile: str, conf_dir: Path = CONF) -> str:
     """Return the text of ``params.yaml`` for ``profile`` (validated)."""
     prof_file = conf_dir / "profile" / f"{profile}.yaml"
@@ -900,9 +933,12 @@ def compose(profile: str, conf_dir: Path = CONF) -> str:
     data = _substitute(_merge(base, over), profile)
     data["profile"] = profile
     try:
-        Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(prof_file, exc)) from None
+    dvc_file = conf_dir.parent / "dvc.yaml"
+    if dvc_file.exists():
+        _fill_defaults(data, cfg.model_dump(mode="json"), dvc_param_keys(dvc_file))
     ordered = {"profile": data.pop("profile"), **data}
     return HEADER.format(profile=profile) + yaml.safe_dump(ordered, sort_keys=False, width=100)
 

@@ -140,3 +140,39 @@ def test_dl19_candidates_are_the_official_list_registered_and_tracked():
         assert {"evaluate.dev_candidates", "evaluate.dl19_candidates"} <= set(stage["params"])
         lists = {"${paths.raw}/${inputs.top1000_dev}", "${paths.raw}/${inputs.top1000_dl19}"}
         assert lists <= set(stage["deps"])
+
+
+def _has(data: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def test_every_profile_has_every_param_dvc_yaml_reads(tmp_path):
+    """DVC reads params from the file, not the typed defaults: a key dvc.yaml lists that a profile
+    leaves out fails `dvc repro` (the msmarco profile lacked cross_encoder.smoke, read by
+    evaluate); compose writes the default of each such key."""
+    import argparse
+    import shutil
+
+    from tasks.config import dvc_param_keys
+    from tasks.profile_init import parser, write_profile
+
+    keys = dvc_param_keys(ROOT / "dvc.yaml")
+    assert {"cross_encoder.smoke", "evaluate.rerank_depth", "paths.raw", "systems", "mining"} <= keys
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    beir = tmp_path / "beir"
+    for argv in (["own", "--beir", str(beir)], ["own-inc", "--beir", str(beir), "--incremental"]):
+        args: argparse.Namespace = parser().parse_args(argv)
+        write_profile(args, conf)
+    profiles = sorted(p.stem for p in (conf / "profile").glob("*.yaml"))
+    assert {"msmarco", "sample", "own", "own-inc"} <= set(profiles)
+    for profile in profiles:
+        data = yaml.safe_load(compose(profile, conf))
+        missing = sorted(k for k in keys if not _has(data, k))
+        assert not missing, (profile, missing)
+    assert yaml.safe_load(compose("msmarco", conf))["cross_encoder"]["smoke"] is False
