@@ -16,6 +16,8 @@ and the exit code tells a scheduler what kind of failure it was:
   fails with EFBIG instead of killing the stage), read-only file system (EROFS), permission
   denied (EACCES/EPERM), I/O error... (the message names the file and what to free or fix).
 - 4 busy: another process is already running this stage or holds this checkout.
+- 130 interrupted (Ctrl-C, SIGINT): the work done so far is kept where the stage resumes from
+  (its shards, packs or caches); rerun the same command to go on.
 
 In every failing case the previous outputs are unchanged: every writer goes through
 :mod:`tasks.io`'s atomic helpers, which remove their temporary file on the way out.
@@ -37,6 +39,7 @@ from tasks.locks import EXIT_BUSY, Busy, stage_lock, stage_name
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
 
 
 def stage_parser(module: str, description: str, example: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -64,6 +67,9 @@ def report_errors(work: Callable[[], object]) -> int:
     except OSError as exc:  # after FileNotFoundError: a missing input is bad input (1)
         log.error("%s", describe_os_error(exc))
         return 3
+    except KeyboardInterrupt:
+        log.error("interrupted (SIGINT): outputs unchanged, finished work kept; rerun to resume")
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -6,8 +6,8 @@ Each test is a refresh: a complete run on the first half of the input, the input
 refresh killed mid-way. After the kill the previous output is intact under its final name (the
 new one appears only when complete); the rerun computes exactly the rows no finished pack holds
 (the ``HARDNEGS_WORK_LOG`` line of :func:`tasks.io.record_work`) and writes, byte for byte, what
-an uninterrupted run in a fresh directory writes. Ctrl-C (SIGINT) of ``score`` exits non-zero
-and leaves a store that the next run opens without a damaged pack.
+an uninterrupted run in a fresh directory writes. Ctrl-C (SIGINT) of ``score`` exits 130 with one
+log line and leaves a store that the next run opens without a damaged pack.
 
 The reruns and references run in this process (``main([...])``, one torch thread like the child)
 to spare a torch import each; only the killed run needs a process of its own.
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tasks import encode, score
+from tasks.cli import EXIT_INTERRUPTED
 from tests._dense_helpers import one_thread
 from tests._model_helpers import TinyModels, tiny_models
 from tests._refresh_kill_helpers import (
@@ -142,16 +143,16 @@ def test_sigkill_mid_refresh_then_rerun(
     assert outputs(killed) != previous
 
 
-def test_sigint_of_score_exits_nonzero_and_leaves_an_intact_store(
+def test_sigint_of_score_exits_130_and_leaves_an_intact_store(
     models: TinyModels, tmp_path: Path, work_log: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Ctrl-C of ``python -m tasks.score``: a non-zero exit, no output, and a store whose every
-    pack the next run opens (no "damaged" pack removed) and resumes from."""
+    """Ctrl-C of ``python -m tasks.score``: exit 130 (tasks.cli), one log line, no output, and a
+    store whose every pack the next run opens (no "damaged" pack removed) and resumes from."""
     checkout = write_params(tmp_path / "int", models, N_PASSAGES, N_QUERIES, **SCORE)
     stopped = signal_after_packs(stage_cmd("tasks.score", checkout), child_env(tmp_path / "child.jsonl"),
                                  checkout.pair_stores, tmp_path / "int.log", signal.SIGINT)  # fmt: skip
-    assert stopped.returncode != 0, stopped.log[-3000:]
-    assert "KeyboardInterrupt" in stopped.log, stopped.log[-3000:]
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.log[-3000:]  # not 1, bad input's code
+    assert "interrupted (SIGINT)" in stopped.log and "Traceback" not in stopped.log, stopped.log[-3000:]
     assert _score_outputs(checkout) == {}
     held, n_packs = stored_rows(checkout.pair_stores), len(packs(checkout.pair_stores))
     assert n_packs >= stopped.packs >= 1
