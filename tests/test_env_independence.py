@@ -15,8 +15,9 @@ whose environment is written out in full (nothing inherited):
 ``tests/test_encode.py`` and ``tests/test_scaleout_stages.py``; here both run in-process.)
 
 Every byte of the models, the embeddings (output and content-addressed cache, keys included)
-and the scores must agree. The thread count is part of it on purpose: measured on this 2-core
-AVX512 machine, 1 and 2 torch threads give identical fp32 bits (also for all-MiniLM-L6-v2).
+and the scores must agree. The thread count is part of it on purpose: with ``cpu_kernels: avx2``
+(MKL's strict CNR mode, :mod:`tasks.accel`) 1 and 2 torch threads give identical fp32 bits, also
+for all-MiniLM-L6-v2 (without strict mode they did not: tests/test_accel.py).
 """
 
 from __future__ import annotations
