@@ -297,6 +297,48 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _write_output(
+    out_dir: Path,
+    head: dict[str, Any],
+    system: str,
+    model: str | None,
+    enc: Encoding,
+    states: dict[str, PartState],
+    parts: dict[str, Path],
+    dim: int,
+    write_shard: Callable[[Path, str, int, dict[str, Any]], None],
+) -> None:
+    """The output directory of either addressing, written whole or not at all: per part its
+    ``ids.npy`` and shards (``write_shard(stage, part, index, entry)`` puts ``entry["file"]``
+    under ``stage``), then ``manifest.json``."""
+    for part, st in states.items():
+        if not st.ids:
+            raise DataError(f"{parts[part]}: no rows to encode for part {part!r}")
+    with atomic_dir(out_dir) as stage:
+        manifest: dict[str, Any] = {
+            **head,
+            "model": model,
+            "system": system,
+            "score": enc.score,
+            "dim": dim,
+            "parts": {},
+            **manifest_extra(enc),
+        }
+        for part, st in states.items():
+            ids = np.asarray(st.ids, dtype=np.int64)
+            with write_bytes_atomic(stage / part / "ids.npy", gz=False) as fh:
+                np.save(fh, ids, allow_pickle=False)
+            for index, entry in enumerate(st.shards):
+                write_shard(stage, part, index, entry)
+            manifest["parts"][part] = {
+                "rows": len(ids),
+                "text_sha256": st.text_hash.hexdigest(),
+                "ids": f"{part}/ids.npy",
+                "shards": st.shards,
+            }
+        write_json(stage / "manifest.json", manifest)
+
+
 def run(
     system: str,
     params: DenseSystem,
@@ -425,37 +467,14 @@ def run(
     finally:
         bar.close()
 
-    for part, st in states.items():
-        if not st.ids:
-            raise DataError(f"{parts[part]}: no rows to encode for part {part!r}")
-    if dim is None:  # everything came from the cache
+    if dim is None and all(st.shards for st in states.values()):  # everything came from the cache
         first = states[next(iter(states))].shards[0]
         dim = int(np.load(cache.get(first["key"], first["rows"])[0], mmap_mode="r").shape[1])  # type: ignore[index]
 
-    with atomic_dir(out_dir) as stage:
-        manifest: dict[str, Any] = {
-            **base,
-            "model": params.model,
-            "system": system,
-            "score": enc.score,
-            "dim": dim,
-            "parts": {},
-            **manifest_extra(enc),
-        }
-        for part, st in states.items():
-            ids = np.asarray(st.ids, dtype=np.int64)
-            with write_bytes_atomic(stage / part / "ids.npy", gz=False) as fh:
-                np.save(fh, ids, allow_pickle=False)
-            for entry in st.shards:
-                npy, _ = cache._paths(entry["key"])
-                _link_or_copy(npy, stage / entry["file"])
-            manifest["parts"][part] = {
-                "rows": len(ids),
-                "text_sha256": st.text_hash.hexdigest(),
-                "ids": f"{part}/ids.npy",
-                "shards": st.shards,
-            }
-        write_json(stage / "manifest.json", manifest)
+    def link_shard(stage: Path, part: str, index: int, entry: dict[str, Any]) -> None:
+        _link_or_copy(cache._paths(entry["key"])[0], stage / entry["file"])
+
+    _write_output(out_dir, base, system, params.model, enc, states, parts, dim or 0, link_shard)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     rate = stats["rows"] / stats["seconds"] if stats["seconds"] else 0.0
     log.info(
@@ -590,36 +609,14 @@ def _run_texts(
     finally:
         bar.close()
 
-    for part, st in states.items():
-        if not st.ids:
-            raise DataError(f"{parts[part]}: no rows to encode for part {part!r}")
+    def shard_from_store(stage: Path, part: str, index: int, entry: dict[str, Any]) -> None:
+        rows = part_queue[part].store.get(part_keys[part][index])
+        with write_bytes_atomic(stage / entry["file"], gz=False) as fh:
+            np.save(fh, np.ascontiguousarray(rows, dtype=np.float16), allow_pickle=False)
+        entry["sha256"] = file_digest(stage / entry["file"], "sha256")
+
     dim = part_queue[next(iter(parts))].store.width
-    with atomic_dir(out_dir) as stage:
-        manifest: dict[str, Any] = {
-            **head,
-            "model": params.model,
-            "system": system,
-            "score": enc.score,
-            "dim": dim,
-            "parts": {},
-            **manifest_extra(enc),
-        }
-        for part, st in states.items():
-            ids = np.asarray(st.ids, dtype=np.int64)
-            with write_bytes_atomic(stage / part / "ids.npy", gz=False) as fh:
-                np.save(fh, ids, allow_pickle=False)
-            for entry, keys_ in zip(st.shards, part_keys[part], strict=True):
-                rows = part_queue[part].store.get(keys_)
-                with write_bytes_atomic(stage / entry["file"], gz=False) as fh:
-                    np.save(fh, np.ascontiguousarray(rows, dtype=np.float16), allow_pickle=False)
-                entry["sha256"] = file_digest(stage / entry["file"], "sha256")
-            manifest["parts"][part] = {
-                "rows": len(ids),
-                "text_sha256": st.text_hash.hexdigest(),
-                "ids": f"{part}/ids.npy",
-                "shards": st.shards,
-            }
-        write_json(stage / "manifest.json", manifest)
+    _write_output(out_dir, head, system, params.model, enc, states, parts, dim or 0, shard_from_store)
     stats["reused"] = stats["rows"] - stats["computed"]
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
