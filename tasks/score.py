@@ -34,14 +34,14 @@ once -- and scores them with a sentence-transformers ``CrossEncoder`` (``cross_e
   ``MKL_CBWR=AVX2`` (27 of 300 scores differed, 1 vs 2 threads); MKL's strict mode, which
   ``cpu_kernels: avx2`` now sets (:mod:`tasks.accel`), removed that (200 of 200 equal across 1
   and 2 threads), so pairs are scored on the worker's threads. The cost: a MiniLM-L6-sized
-  cross-encoder on this 2-core CPU (pinned avx2 kernels, 1000 pairs of 5-12 + 40-90 words)
-  scores 84-88 pairs/s in length-sorted batches of 32 on 2 threads and 58-61 pairs/s alone on
-  2 threads (measured before strict mode): a full rebuild in pair mode takes ~1.5x longer (more
-  local workers,
-  ``orchestration.local_workers``, win back the cores), so it pays off when a refresh reuses most
-  pairs. On a GPU, whose throughput comes from large batches, the gap is larger (not measured).
-  The modes agree to float rounding (max |diff| 1.6e-7), not bit for bit (~890 of those 1000
-  scores differ in the last bits), so switching addressing changes the outputs once.
+  cross-encoder on this 2-core CPU (pinned avx2 kernels with strict mode, 600 pairs of 5-12 +
+  40-90 words, 2 threads, idle; one run of a scratch script) scores 92.5 pairs/s in
+  length-sorted batches of 32 and 66.2 pairs/s alone: a full rebuild in pair mode takes ~1.4x
+  longer (more local workers, ``orchestration.local_workers``, win back the cores), so it pays
+  off when a refresh reuses most pairs. On a GPU, whose throughput comes from large batches,
+  the gap is larger (not measured). The modes agree to float rounding (max |diff| 1.6e-7),
+  not bit for bit (418 of those 600 scores differ in the last bits), so switching addressing
+  changes the outputs once.
   Both addressings call :func:`tasks.io.record_work` (``score``, pairs scored of total); the
   manifest's per-shard list is over the ``shard_size`` partition of the output order either way,
   and no reused/computed count reaches an output.
