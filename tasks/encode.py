@@ -383,9 +383,13 @@ def run(
         log.info("systems.%s: %s resolved to the cached snapshot %s", system, params.model, revision)
     # workers load exactly the snapshot the key names (a hub commit), or the local directory
     load_revision = revision if is_commit(revision) else params.revision
+    cpu_kernels = encode.cpu_kernels if accel.device == "cpu" else None
+    if cpu_kernels is not None:
+        # before anything here runs torch: resolve_encoding loads the model to read its
+        # max_seq_length when the system leaves it null, and ATen fixes its kernels at first use
+        pin_cpu_kernels(cpu_kernels)
     enc = resolve_encoding(system, params, location, load_revision)
     # A local directory is identified by its content hash alone, wherever it lives.
-    cpu_kernels = encode.cpu_kernels if accel.device == "cpu" else None
     base = {
         "model": "local-dir" if revision.startswith("dir-sha256:") else params.model,
         "revision": revision,

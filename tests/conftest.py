@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.accel import KERNEL_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample"
 
@@ -22,9 +24,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # The stages pin torch's CPU kernels to AVX2 (cpu_kernels: avx2, tasks.accel.pin_cpu_kernels)
 # before a model runs; tests that run models in this process must start with the same kernels,
 # since ATen and oneDNN choose theirs once, at their first use.
-os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-os.environ.setdefault("MKL_CBWR", "AVX2")  # MKL (tasks.accel.KERNEL_ENV): read at its first call
+for _var, _value in KERNEL_ENV["avx2"].items():  # ATen, oneDNN, MKL (strict CNR): read at first use
+    os.environ.setdefault(_var, _value)
 
 
 @pytest.fixture(scope="session")

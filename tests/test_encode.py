@@ -193,7 +193,8 @@ def test_unpinned_hub_model_is_keyed_by_its_offline_snapshot(models: TinyModels,
     # a hub system as the msmarco profile writes it (explicit score and length, no prompts): its
     # config is read from the offline snapshot and the keys are those of the code before prompts
     base = {"model": "smoke-org/tiny-bi", "revision": COMMIT, "max_seq_length": 32, "device": "cpu",
-            "dtype": "fp32", "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT", "batch_size": 8, "format": 1}  # fmt: skip
+            "dtype": "fp32", "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT", "batch_size": 8,
+            "format": 1}  # fmt: skip
     for shard in manifest["parts"]["corpus"]["shards"]:
         legacy = json.dumps({**base, "text_sha256": shard["text_sha256"]}, sort_keys=True).encode()
         assert shard["key"] == hashlib.sha256(legacy).hexdigest()
@@ -206,3 +207,48 @@ def test_unpinned_hub_model_is_keyed_by_its_offline_snapshot(models: TinyModels,
     run("dir", system, Encode(batch_size=8, shard_size=50, device="cpu"), {"corpus": parts["corpus"]},
         tmp_path / "dir", tmp_path / "cache-dir")  # fmt: skip
     assert np.array_equal(hub, load_part(tmp_path / "dir", "corpus").load())
+
+
+IN_PROCESS_CHILD = """
+import json, sys
+from tasks.accel import torch_cpu_capability
+from tasks.config import DenseSystem, Encode
+from tasks.encode import run
+a = json.loads(sys.argv[1])
+stats = run("tiny", DenseSystem(**a["system"]), Encode(**a["encode"]), a["parts"], a["out"], a["cache"])
+print(torch_cpu_capability(), stats["rows"])
+"""
+
+
+def test_in_process_encode_pins_kernels_before_reading_the_model(models: TinyModels, tmp_path: Path) -> None:
+    """A system that leaves max_seq_length to the model loads it in the stage's own process to read
+    it; with shards in-process (local_workers 1, no executor) the kernels must be pinned before
+    that, or ATen has chosen the CPU's own and the pin refuses (seen with a --score auto profile
+    and local_workers 1). A fresh process with none of the pin variables set, like a user's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "collection.tsv"
+    write_id_text(corpus, enumerate(tiny_texts(24, seed=5, max_len=12)))
+    args = {
+        "system": {"model": str(models.bi_cls_dot), "score": "dot", "max_seq_length": None},
+        "encode": {
+            "batch_size": 8,
+            "shard_size": 16,
+            "device": "cpu",
+            "dtype": "fp32",
+            "cpu_kernels": "avx2",
+        },
+        "parts": {"corpus": str(corpus)},
+        "out": str(tmp_path / "out"),
+        "cache": str(tmp_path / "cache"),
+    }
+    root = Path(__file__).resolve().parent.parent
+    pins = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+    env = {k: v for k, v in os.environ.items() if k not in pins} | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS_CHILD, json.dumps(args)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["AVX2", "24"], proc.stdout
