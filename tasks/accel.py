@@ -87,6 +87,11 @@ MKL_CBWR_ALL = -1  # ~0
 MKL_CBWR_CODES = {"AVX2": 10, "AVX2,STRICT": 0x10000 | 10}
 
 
+class KernelsChosen(RuntimeError):
+    """This process already runs other CPU kernels than ``cpu_kernels`` asks for (an environment
+    error: the stage CLIs report it in one line and exit 3, :mod:`tasks.cli`)."""
+
+
 @dataclass(frozen=True)
 class Accel:
     device: str  # "cpu" or "cuda"
@@ -210,7 +215,7 @@ def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
     branch = mkl_cbwr_branch()  # None: no MKL (MKL_CBWR is then moot) or no way to ask it
     in_force = capability == kernels.upper() and branch in (None, MKL_CBWR_CODES[env["MKL_CBWR"]])
     if not in_force:
-        raise RuntimeError(
+        raise KernelsChosen(
             f"this process already runs torch's {capability} CPU kernels (MKL branch {branch}), so "
             f"cpu_kernels: {kernels} cannot be honoured here; start it (e.g. `dask worker`) with "
             + " ".join(f"{k}={v}" for k, v in env.items())

@@ -14,7 +14,9 @@ and the exit code tells a scheduler what kind of failure it was:
 - 3 an OS or environment error reading or writing a file: disk full (ENOSPC), quota (EDQUOT),
   file too large (EFBIG, including the ``ulimit -f`` limit: SIGXFSZ is ignored so the write
   fails with EFBIG instead of killing the stage), read-only file system (EROFS), permission
-  denied (EACCES/EPERM), I/O error... (the message names the file and what to free or fix).
+  denied (EACCES/EPERM), I/O error... (the message names the file and what to free or fix); or
+  a process whose torch CPU kernels were chosen before ``cpu_kernels`` could pin them (the
+  message says how to start it).
 - 4 busy: another process is already running this stage or holds this checkout.
 - 130 interrupted (Ctrl-C, SIGINT): the work done so far is kept where the stage resumes from
   (its shards, packs or caches); rerun the same command to go on.
@@ -32,6 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from tasks.accel import KernelsChosen
 from tasks.config import Config, ConfigError, load_config
 from tasks.io import DataError, describe_os_error
 from tasks.locks import EXIT_BUSY, Busy, stage_lock, stage_name
@@ -66,6 +69,9 @@ def report_errors(work: Callable[[], object]) -> int:
         return 1
     except OSError as exc:  # after FileNotFoundError: a missing input is bad input (1)
         log.error("%s", describe_os_error(exc))
+        return 3
+    except KernelsChosen as exc:  # the process's torch kernels, chosen before the stage could pin them
+        log.error("%s", exc)
         return 3
     except KeyboardInterrupt:
         log.error("interrupted (SIGINT): outputs unchanged, finished work kept; rerun to resume")

@@ -283,3 +283,23 @@ def test_pinned_kernels_give_the_same_bits_whatever_the_thread_setup() -> None:
     got = {setup: _threads_probe("pin", *setup) for setup in setups}
     assert len(set(got.values())) == 1, got
     assert next(iter(got.values())).split()[0] == str(MKL_CBWR_CODES["AVX2,STRICT"])
+
+
+def test_a_stage_whose_kernels_were_chosen_otherwise_exits_3_in_one_line() -> None:
+    """Through the stage frame (tasks.cli.report_errors): exit 3 (environment), one log line
+    saying how to start the process, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, sys, torch; logging.basicConfig(level=logging.INFO)\n"
+            "torch.ones(4).add_(1)\n"  # the first op fixes the kernels (here: the CPU's default)
+            "from tasks.accel import pin_cpu_kernels; from tasks.cli import report_errors\n"
+            "sys.exit(report_errors(lambda: pin_cpu_kernels('avx2')))")  # fmt: skip
+    pins = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+    env = {k: v for k, v in os.environ.items() if k not in pins} | {"ATEN_CPU_CAPABILITY": "default"}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot be honoured here" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
