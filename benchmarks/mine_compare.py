@@ -71,7 +71,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,31 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------- measuring
+STAGE_START = re.compile(r"^Running stage '([^']+)':", re.M)  # DVC's line as it starts a stage
+
+
 @dataclass
 class Measure:
-    """One child run: wall seconds, peak RSS of its process tree, exit code, killed or not."""
+    """One child run: wall seconds, peak RSS of its process tree, exit code, killed or not, and the
+    seconds after its start at which each DVC stage began (seen in its log, 0.2 s resolution)."""
 
     seconds: float
     peak_rss: int
     rc: int
     killed: bool
+    stage_starts: dict[str, float] = field(default_factory=dict)
+
+
+def stage_seconds(m: Measure) -> dict[str, float]:
+    """Each started stage -> seconds until the next one started (the last: until the run ended);
+    ``(start-up)``: DVC's own time before the first."""
+    marks = sorted(m.stage_starts.items(), key=lambda kv: kv[1])
+    if not marks:
+        return {}
+    out = {"(start-up)": marks[0][1]}
+    for (name, t), nxt in zip(marks, [t for _, t in marks[1:]] + [m.seconds], strict=True):
+        out[name] = nxt - t
+    return out
 
 
 def _tree_rss(proc: Any) -> int:
@@ -142,6 +159,7 @@ def measured(
     with log_path.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
+        offset = log_path.stat().st_size
         t0 = time.monotonic()
         child = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -150,11 +168,25 @@ def measured(
         peak = 0
         killed = False
         stop = threading.Event()
+        starts: dict[str, float] = {}
+        tail = ""
+
+        def marks() -> None:  # the stages that started since the last look, stamped now
+            nonlocal offset, tail
+            with log_path.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            offset += len(chunk)
+            text = tail + chunk.decode(errors="replace")
+            tail = text[text.rfind("\n") + 1 :]  # a line not yet complete: read again next time
+            for match in STAGE_START.finditer(text[: len(text) - len(tail)]):
+                starts.setdefault(match.group(1), round(time.monotonic() - t0, 1))
 
         def sample() -> None:
             nonlocal peak
             while not stop.is_set():
                 peak = max(peak, _tree_rss(ps))
+                marks()
                 stop.wait(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -168,9 +200,10 @@ def measured(
         seconds = time.monotonic() - t0
         stop.set()
         sampler.join()
+        marks()
         if killed:  # give the group's other members (not our children) a moment to exit
             time.sleep(0.5)
-    return Measure(seconds, peak, rc, killed)
+    return Measure(seconds, peak, rc, killed, starts)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -273,8 +306,44 @@ def run_peer(
 
 
 # --------------------------------------------------------------------------- this pipeline
-def setup_project(work: Path, dest: Path, paths: tuple[Path, Path, Path], top_k: int) -> Path:
-    """A fresh copy of the checkout with profile ``bench`` for the pairs, MiniLM and the CE."""
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> {dotted key: value}; VALUE is read as YAML (``2`` -> int,
+    ``native`` -> str, ``null`` -> None)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or not key or not all(parts):
+            raise ValueError(
+                f"--set {item!r}: want KEY=VALUE with a dotted key, e.g. encode.cpu_kernels=native"
+            )
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def apply_sets(data: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """Write each dotted key of ``sets`` into the profile ``data`` (nested dicts made as needed)."""
+    for key, value in sets.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {key}: {part!r} holds {child!r} in the profile, not a mapping")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def setup_project(
+    work: Path,
+    dest: Path,
+    paths: tuple[Path, Path, Path],
+    top_k: int,
+    sets: dict[str, Any] | None = None,
+) -> Path:
+    """A fresh copy of the checkout with profile ``bench`` for the pairs, MiniLM and the CE;
+    ``sets`` (dotted key -> value, from ``--set``) then override the profile's params."""
     from tests._deploy_helpers import project_copy
 
     pairs, model, ce = paths
@@ -298,6 +367,7 @@ def setup_project(work: Path, dest: Path, paths: tuple[Path, Path, Path], top_k:
     # the package's config names no similarity_fn_name; MiniLM is a cosine model, and
     # mine_hard_negatives normalizes the embeddings it searches
     data["systems"][SYSTEM]["score"] = "cos"
+    apply_sets(data, sets or {})
     profile.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
 
@@ -333,13 +403,15 @@ def resumed(text: str) -> list[str]:
     return out
 
 
-def run_ours(project: Path, kill_after: float | None = None) -> tuple[Measure, list[str]]:
+def run_ours(
+    project: Path, kill_after: float | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[Measure, list[str]]:
     """``dvc repro mine_export`` in ``project``; also the stages DVC started and what they reused
     (from its output)."""
     cmd = [sys.executable, "-m", "dvc", "repro", "mine_export"]
     log_path = project / "bench.log"
     start = log_path.stat().st_size if log_path.exists() else 0
-    m = measured(cmd, project, _env(Path(sys.executable).parent), log_path, kill_after)
+    m = measured(cmd, project, _env(Path(sys.executable).parent, **(extra_env or {})), log_path, kill_after)
     if m.rc != 0 and not m.killed:
         raise SystemExit(f"dvc repro mine_export failed (exit {m.rc}) in {project}; see {log_path}")
     with log_path.open("rb") as fh:
@@ -529,16 +601,23 @@ def report(r: dict[str, Any], peer_name: str) -> str:
             _ratio(o["ce_pairs"], peer_pairs),
         )
     )
-    again = o.get("again") and p.get("again")
-    rows.append(
-        (
-            f"SIGKILL at {r['kill_at']:.0%} of the wall time, then the same command again",
-            _restart(o),
-            _restart(p),
-            _ratio(o["again"]["seconds"], p["again"]["seconds"]) if again else "",
+    if "kill" in o and "kill" in p:  # not with --no-kill
+        again = o.get("again") and p.get("again")
+        rows.append(
+            (
+                f"SIGKILL at {r['kill_at']:.0%} of the wall time, then the same command again",
+                _restart(o),
+                _restart(p),
+                _ratio(o["again"]["seconds"], p["again"]["seconds"]) if again else "",
+            )
         )
-    )
     notes = [""]
+    if r.get("sets"):  # --set: say what differs from the defaults
+        notes.append(
+            "- this pipeline's params overridden (--set): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(r["sets"].items()))
+            + "."
+        )
     for name, ag in r["agreement"].items():
         differ = ag["queries"] - ag["identical"]
         notes.append(
@@ -557,10 +636,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     pairs = sum(1 for _ in (paths[0] / "train.jsonl").open())
     top_k = max(int(o.get("range_max") or 0) for o in OPTION_SETS.values())
     names = list(OPTION_SETS)
+    sets: dict[str, Any] = args.sets
     r: dict[str, Any] = {
         "docs": args.docs, "queries": args.queries, "seed": args.seed, "pairs": pairs, "load": load,
         "top_k": top_k, "kill_at": args.kill_at, "agreement": {},
     }  # fmt: skip
+    if sets:
+        r["sets"] = sets
+    if args.our_env:
+        r["our_env"] = args.our_env
     # peer: option set 1 from an empty embedding cache, the others with it warm
     cache = work / "peer-cache"
     shutil.rmtree(cache, ignore_errors=True)
@@ -581,14 +665,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     # ours: option set 1 from scratch in a fresh copy, the others by rewriting `mining:`
     o: dict[str, Any] = {}
-    project = setup_project(work, work / "project", paths, top_k)
+    project = setup_project(work, work / "project", paths, top_k, sets)
     further = []
     for i, name in enumerate(names):
         log.warning("ours: %s", name)
         set_options(project, OPTION_SETS[name])
-        m, _ = run_ours(project)
+        m, _ = run_ours(project, extra_env=args.our_env)
         if i == 0:
             o["scratch"] = asdict(m)
+            o["stage_seconds"] = stage_seconds(m)
+            log.warning(
+                "ours: %.1f s from scratch: %s",
+                m.seconds,
+                ", ".join(f"{k} {v:.1f} s" for k, v in o["stage_seconds"].items()),
+            )
             o.update(our_counts(project))
         else:
             further.append(m.seconds)
@@ -599,8 +689,21 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if i == 0:
             o["reference_rows"] = our_rows(project, fmt)
     o["further_s"] = sum(further) / max(len(further), 1)
+    r["ours"], r["peer"] = o, p
+    if not args.no_kill:
+        kill_and_restart(args, r, paths, peer_out)
+    del o["reference_rows"]
+    r["load_end"] = os.getloadavg()
+    return r
 
-    # kill and restart, option set 1
+
+def kill_and_restart(
+    args: argparse.Namespace, r: dict[str, Any], paths: tuple[Path, Path, Path], peer_out: dict[str, Path]
+) -> None:
+    """Each side from scratch once more, SIGKILLed at ``--kill-at`` of its wall time, then again."""
+    work: Path = args.workdir
+    o, p = r["ours"], r["peer"]
+    names, top_k = list(OPTION_SETS), r["top_k"]
     first = names[0]
     fmt = OPTION_SETS[first].get("output_format", "triplet")
     log.warning("peer: kill and restart")
@@ -616,21 +719,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         p["again"] = asdict(again)
         p["again_same"] = peer_rows(out) == peer_rows(peer_out[first])
     log.warning("ours: kill and restart")
-    kproject = setup_project(work, work / "project-kill", paths, top_k)
+    kproject = setup_project(work, work / "project-kill", paths, top_k, args.sets)
     set_options(kproject, OPTION_SETS[first])
-    kill, started = run_ours(kproject, args.kill_at * o["scratch"]["seconds"])
+    kill, started = run_ours(kproject, args.kill_at * o["scratch"]["seconds"], args.our_env)
     o["kill"] = asdict(kill)
     running = [s for s in started if ":" not in s]
     o["kill_note"] = f"in {running[-1] if running else 'DVC start-up'}"
     if kill.killed:
-        again, rerun = run_ours(kproject)
+        again, rerun = run_ours(kproject, extra_env=args.our_env)
         o["again"] = asdict(again)
         o["kill_note"] += f"; the restart ran {', '.join(rerun)}"
         o["again_same"] = our_rows(kproject, fmt) == o["reference_rows"]
-    del o["reference_rows"]
-    r["ours"], r["peer"] = o, p
-    r["load_end"] = os.getloadavg()
-    return r
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -653,6 +752,27 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="SIGKILL each side at this share of its wall time (default 0.5)",
     )
+    parser.add_argument(
+        "--set",
+        dest="set_items",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param of this pipeline's bench profile (dotted key, YAML value; repeatable), e.g. "
+        "--set encode.cpu_kernels=native --set orchestration.local_workers=1; the peer is unchanged",
+    )
+    parser.add_argument(
+        "--our-env",
+        dest="env_items",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for this pipeline's `dvc repro` only (repeatable), e.g. "
+        "OMP_NUM_THREADS=1; the peer keeps this environment",
+    )
+    parser.add_argument(
+        "--no-kill", action="store_true", help="skip the kill-and-restart runs (a quicker timing run)"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument("--child-peer", metavar="OPTIONS", help=argparse.SUPPRESS)
@@ -666,6 +786,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--docs must exceed --queries plus its 20% test queries")
     if not 0 < args.kill_at < 1:
         parser.error("--kill-at must lie between 0 and 1")
+    try:
+        args.sets = parse_sets(args.set_items)
+    except ValueError as exc:
+        parser.error(str(exc))
+    bad = [e for e in args.env_items if not e.partition("=")[0] or "=" not in e]
+    if bad:
+        parser.error(f"--our-env {bad[0]!r}: want NAME=VALUE")
+    args.our_env = dict(e.split("=", 1) for e in args.env_items)
     args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mine-compare-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     sys.stderr.write(

@@ -152,3 +152,72 @@ def test_resumed_reads_what_the_stages_reused(mc: ModuleType) -> None:
     )
     assert mc.resumed(log) == ["encode: 2 of 5 shards from its cache", "score: 1 of 4 shards from its cache"]
     assert mc.resumed("Running stage 'mine_export':\n") == []
+
+
+def test_sets_parse_as_yaml_and_nest_into_the_profile(mc: ModuleType) -> None:
+    sets = mc.parse_sets(
+        ["encode.cpu_kernels=native", "orchestration.local_workers=1", "search.memory_mb=null", "a.b.c=x=y"]
+    )
+    assert sets == {
+        "encode.cpu_kernels": "native",
+        "orchestration.local_workers": 1,
+        "search.memory_mb": None,
+        "a.b.c": "x=y",  # only the first '=' splits
+    }
+    profile = {"encode": {"batch_size": 64}, "mine": {"top_k": 10}}
+    out = mc.apply_sets(profile, sets)
+    assert out["encode"] == {"batch_size": 64, "cpu_kernels": "native"}  # siblings kept
+    assert out["orchestration"] == {"local_workers": 1} and out["a"] == {"b": {"c": "x=y"}}
+    with pytest.raises(ValueError, match="mine.top_k.x: 'top_k' holds 10"):
+        mc.apply_sets(profile, {"mine.top_k.x": 1})
+
+
+@pytest.mark.parametrize("item", ["encode.cpu_kernels", "=native", "encode..cpu_kernels=native", "x.=1"])
+def test_sets_reject_malformed_items(mc: ModuleType, item: str) -> None:
+    with pytest.raises(ValueError, match="want KEY=VALUE"):
+        mc.parse_sets([item])
+
+
+def test_cli_rejects_a_malformed_set(mc: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        mc.main(["--set", "encode.cpu_kernels"])
+    assert exc.value.code == 2
+    assert "want KEY=VALUE" in capsys.readouterr().err
+
+
+def test_measured_stamps_the_stages_a_dvc_log_starts(mc: ModuleType, tmp_path: Path) -> None:
+    env = mc._env(Path(sys.executable).parent)
+    script = (
+        "import sys, time; "
+        "print(\"Running stage 'ingest@x':\", flush=True); time.sleep(0.6); "
+        "print(\"Running stage 'encode':\", flush=True); time.sleep(0.6)"
+    )
+    log = tmp_path / "log"
+    log.write_text("Running stage 'old':\n")  # an earlier run's line in the same log: not this run's
+    m = mc.measured([sys.executable, "-c", script], tmp_path, env, log)
+    assert list(m.stage_starts) == ["ingest@x", "encode"]
+    assert m.stage_starts["encode"] - m.stage_starts["ingest@x"] >= 0.4
+    spans = mc.stage_seconds(m)
+    assert list(spans) == ["(start-up)", "ingest@x", "encode"]
+    assert sum(spans.values()) == pytest.approx(m.seconds)
+    assert mc.stage_seconds(mc.Measure(1.0, 0, 0, False)) == {}
+
+
+def test_report_without_kill_runs_names_the_overrides(mc: ModuleType) -> None:
+    names = list(mc.OPTION_SETS)
+    ours = {k: v for k, v in _side(40.0).items() if k not in ("kill", "kill_note", "again", "again_same")}
+    peer = {k: v for k, v in _side(10.0).items() if k not in ("kill", "kill_note", "again", "again_same")}
+    result = {
+        "docs": 600, "queries": 150, "seed": 13, "pairs": 159, "load": [0.5], "load_end": [1.0], "top_k": 10,
+        "kill_at": 0.5, "ours": ours | {"ce_pairs": 3000},
+        "peer": peer | {"ce_pairs": dict.fromkeys(names, 0)},
+        "sets": {"orchestration.local_workers": 1, "encode.cpu_kernels": "native"},
+        "agreement": {
+            n: {"queries": 150, "identical": 120, "same_set": 130, "only_one_side": 2, "outside_window": 30}
+            for n in names
+        },
+    }  # fmt: skip
+    text = mc.report(result, "peer")
+    assert "SIGKILL" not in text
+    assert f"| wall time from scratch: {names[0]} | 40.0 s | 10.0 s | 4.00 |" in text
+    assert "overridden (--set): encode.cpu_kernels=native, orchestration.local_workers=1." in text
