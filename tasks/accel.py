@@ -68,6 +68,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from tasks.io import EnvironmentMismatch
+
 log = logging.getLogger(__name__)
 
 DevicePref = Literal["auto", "cpu", "cuda"]
@@ -87,7 +89,7 @@ MKL_CBWR_ALL = -1  # ~0
 MKL_CBWR_CODES = {"AVX2": 10, "AVX2,STRICT": 0x10000 | 10}
 
 
-class KernelsChosen(RuntimeError):
+class KernelsChosen(EnvironmentMismatch):
     """This process already runs other CPU kernels than ``cpu_kernels`` asks for (an environment
     error: the stage CLIs report it in one line and exit 3, :mod:`tasks.cli`)."""
 

@@ -34,9 +34,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tasks.accel import KernelsChosen
 from tasks.config import Config, ConfigError, load_config
-from tasks.io import DataError, describe_os_error
+from tasks.io import DataError, EnvironmentMismatch, describe_os_error
 from tasks.locks import EXIT_BUSY, Busy, stage_lock, stage_name
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def report_errors(work: Callable[[], object]) -> int:
     except OSError as exc:  # after FileNotFoundError: a missing input is bad input (1)
         log.error("%s", describe_os_error(exc))
         return 3
-    except KernelsChosen as exc:  # the process's torch kernels, chosen before the stage could pin them
+    except EnvironmentMismatch as exc:  # e.g. torch's kernels chosen before the stage could pin them
         log.error("%s", exc)
         return 3
     except KeyboardInterrupt:

@@ -52,6 +52,12 @@ class DataError(ValueError):
     """Bad input data; the message names the file and the line, key or column."""
 
 
+class EnvironmentMismatch(RuntimeError):
+    """The process or machine cannot run the stage as its params ask (e.g. torch's CPU kernels
+    chosen before ``cpu_kernels`` could pin them); the message says how to start it instead.
+    The stage CLIs report it in one line and exit 3 (:mod:`tasks.cli`)."""
+
+
 def _tmp_sibling(final: Path, suffix: str = ".tmp") -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}{suffix}")
 
