@@ -68,8 +68,6 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from tasks.io import EnvironmentMismatch
-
 log = logging.getLogger(__name__)
 
 DevicePref = Literal["auto", "cpu", "cuda"]
@@ -87,11 +85,6 @@ KEYED_AS_NAME = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "
 # MKL_CBWR values KERNEL_ENV uses
 MKL_CBWR_ALL = -1  # ~0
 MKL_CBWR_CODES = {"AVX2": 10, "AVX2,STRICT": 0x10000 | 10}
-
-
-class KernelsChosen(EnvironmentMismatch):
-    """This process already runs other CPU kernels than ``cpu_kernels`` asks for (an environment
-    error: the stage CLIs report it in one line and exit 3, :mod:`tasks.cli`)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +210,11 @@ def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
     branch = mkl_cbwr_branch()  # None: no MKL (MKL_CBWR is then moot) or no way to ask it
     in_force = capability == kernels.upper() and branch in (None, MKL_CBWR_CODES[env["MKL_CBWR"]])
     if not in_force:
-        raise KernelsChosen(
+        # imported here: benchmarks/gpu_check.py imports this module where tasks.io's
+        # dependencies (isal) may be missing, and must name those itself
+        from tasks.io import EnvironmentMismatch  # the stage CLIs report it in one line, exit 3
+
+        raise EnvironmentMismatch(
             f"this process already runs torch's {capability} CPU kernels (MKL branch {branch}), so "
             f"cpu_kernels: {kernels} cannot be honoured here; start it (e.g. `dask worker`) with "
             + " ".join(f"{k}={v}" for k, v in env.items())
