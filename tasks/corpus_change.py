@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.ingest import read_jsonl_objects
+from tasks.ingest import find_beir_file, read_jsonl_objects
 from tasks.io import DataError, atomic_dir, iter_lines, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,6 @@ class Record:
     ident: str
     obj: dict[str, Any]
     line: str
-
-
-def _find(folder: Path, name: str) -> Path:
-    for path in (folder / name, folder / f"{name}.gz"):
-        if path.is_file():
-            return path
-    raise DataError(f"{folder}: no {name} (or {name}.gz); a BEIR folder holds corpus.jsonl, queries.jsonl "
-                    "and qrels/<split>.tsv")  # fmt: skip
 
 
 def _read_jsonl(path: Path) -> list[Record]:
@@ -174,7 +166,7 @@ def run(
         raise ValueError(f"what: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     if not src.is_dir():
         raise DataError(f"{src}: no such folder (a BEIR folder)")
-    corpus_path, queries_path = _find(src, "corpus.jsonl"), _find(src, "queries.jsonl")
+    corpus_path, queries_path = find_beir_file(src, "corpus.jsonl"), find_beir_file(src, "queries.jsonl")
     qrels_dir = src / "qrels"
     qrels_paths = (
         sorted(qrels_dir.glob("*.tsv")) + sorted(qrels_dir.glob("*.tsv.gz")) if qrels_dir.is_dir() else []

@@ -152,7 +152,8 @@ def _field(obj: dict[str, Any], key: str, where: str, ident: str, optional: bool
     return value
 
 
-def _find(folder: Path, name: str) -> Path:
+def find_beir_file(folder: Path, name: str) -> Path:
+    """``folder/name`` or ``folder/name.gz``, else a DataError saying what a BEIR folder holds."""
     for path in (folder / name, folder / f"{name}.gz"):
         if path.is_file():
             return path
@@ -208,7 +209,7 @@ def read_beir(root: Path, ds: Dataset) -> Source:
     """A BEIR folder (module docstring); the corpus is read lazily, in file order."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (datasets path of a beir dataset)")
-    corpus, queries_path = _find(root, "corpus.jsonl"), _find(root, "queries.jsonl")
+    corpus, queries_path = find_beir_file(root, "corpus.jsonl"), find_beir_file(root, "queries.jsonl")
     queries: dict[str, tuple[str, str]] = {}
     for obj, where, _line in read_jsonl_objects(queries_path):
         ident = _record_id(obj, where)

@@ -3,7 +3,6 @@ benchmark itself takes minutes: run it by hand), and its CLI's argument errors."
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -13,17 +12,14 @@ from typing import Any
 import psutil
 import pytest
 
+from tests._bench_helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def mc() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mine_compare", ROOT / "benchmarks" / "mine_compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mine_compare"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mine_compare")
 
 
 def triplets(query: str, positive: str, negs: list[str]) -> list[dict[str, str]]:

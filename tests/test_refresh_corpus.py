@@ -10,9 +10,7 @@ runs the same at benchmark size with all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +21,7 @@ import yaml
 
 from tasks.beir_sample import write_beir_sample
 from tasks.corpus_change import run as change
+from tests._bench_helpers import load_benchmark
 
 pytestmark = pytest.mark.slow  # three small pipeline runs, two of them side by side (~1 min on 2 cores)
 
@@ -38,12 +37,7 @@ TARGET = "publish@refresh"
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("refresh_bench", ROOT / "benchmarks" / "refresh_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["refresh_bench"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("refresh_bench")
 
 
 @pytest.fixture(scope="module")
