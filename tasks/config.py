@@ -59,6 +59,9 @@ class Paths(Section):
     negatives: str = Field(description="per-system mined hits (Parquet: qid, rank, pid, score)")
     out: str = Field(description="published-format outputs (hard negatives, CE score pickle)")
     scores: str = Field(description="cross-encoder scores: canonical Parquet + shard manifest")
+    mine_scores: str = Field(
+        description="mine_scores: the cross-encoder scores mine_export's options need (Parquet + manifest)"
+    )
     score_cache: str = Field(
         description="content-addressed cross-encoder shard cache of score and ce_rerank (the resume point)"
     )
@@ -644,10 +647,12 @@ class Remote(Section):
 
 class Orchestration(Section):
     dask_address: str | None = Field(None, description="tcp://host:8786 to scale out; null = local")
-    local_workers: PositiveInt = Field(
-        2,
-        description="local processes for shard work on CPU; 1 = in-process. A stage whose model runs on "
-        "CUDA starts one worker per visible GPU, at most this many (one GPU: in-process, one model copy)",
+    local_workers: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="local processes for a model stage's shard work. auto = in-process on CPU (torch "
+        "uses every core; fastest on one machine: one model load, no idle tail) and one worker per "
+        "visible GPU on CUDA; N = N processes on CPU sharing the cores (1 = in-process), on CUDA one "
+        "worker per visible GPU, at most N (one GPU: in-process, one model copy)",
     )
     remote: Remote = Remote()
     check_timeout_s: Annotated[float, Field(gt=0)] = Field(

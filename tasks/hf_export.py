@@ -339,18 +339,19 @@ class ScoreGroup(NamedTuple):
     scores: np.ndarray
 
 
-def iter_score_groups(path: Path, batch_rows: int = 1 << 20) -> Iterator[ScoreGroup]:
-    """The canonical CE scores table (sorted by qid, pid), streamed one query at a time.
+def iter_score_groups(path: Path, batch_rows: int = 1 << 20, stage: str = "score") -> Iterator[ScoreGroup]:
+    """The canonical CE scores table (sorted by qid, pid), streamed one query at a time; ``stage``
+    names the stage that makes the file (``score``, ``mine_scores``) in the errors.
 
     Rows out of (qid, pid) order, a duplicate pair, a damaged file or missing columns raise a
     :class:`DataError` naming the file.
     """
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no cross-encoder scores; run the score stage first")
+        raise FileNotFoundError(f"{path}: no cross-encoder scores; run the {stage} stage first")
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc}); rerun the score stage") from None
+        raise DataError(f"{path}: not a readable Parquet file ({exc}); rerun the {stage} stage") from None
     missing = {"qid", "pid", "score"} - set(pf.schema_arrow.names)
     if missing:
         raise DataError(f"{path}: scores file lacks column(s) {sorted(missing)}")
@@ -363,7 +364,7 @@ def iter_score_groups(path: Path, batch_rows: int = 1 << 20) -> Iterator[ScoreGr
             batch = next(batches, None)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(
-                f"{path}: damaged Parquet file after row {row} ({exc}); rerun the score stage"
+                f"{path}: damaged Parquet file after row {row} ({exc}); rerun the {stage} stage"
             ) from None
         if batch is None:
             break
@@ -377,7 +378,7 @@ def iter_score_groups(path: Path, batch_rows: int = 1 << 20) -> Iterator[ScoreGr
             i = int(np.argmax(bad)) + 1
             raise DataError(
                 f"{path}: row {row - len(q_carry) + i + 1} (qid {q[i]}, pid {p[i]}) breaks the (qid, pid) "
-                "order of the canonical scores table (or repeats a pair); rerun the score stage"
+                f"order of the canonical scores table (or repeats a pair); rerun the {stage} stage"
             )
         row += batch.num_rows
         starts = np.r_[0, np.flatnonzero(dq) + 1]
@@ -388,11 +389,13 @@ def iter_score_groups(path: Path, batch_rows: int = 1 << 20) -> Iterator[ScoreGr
     if len(q_carry):
         yield ScoreGroup(int(q_carry[0]), p_carry, s_carry)
     if not row:
-        raise DataError(f"{path}: the scores table has no rows; rerun the score stage")
+        raise DataError(f"{path}: the scores table has no rows; rerun the {stage} stage")
 
 
-def lookup(group: ScoreGroup | None, qid: int, pids: np.ndarray, source: Path) -> np.ndarray:
-    """Scores (float64) of ``pids`` for ``qid``; a pair without a score raises."""
+def lookup(
+    group: ScoreGroup | None, qid: int, pids: np.ndarray, source: Path, stage: str = "score"
+) -> np.ndarray:
+    """Scores (float64) of ``pids`` for ``qid``; a pair without a score raises (naming ``stage``)."""
     if group is None:
         found = np.zeros(len(pids), bool)
         at = found.astype(np.int64)
@@ -403,7 +406,7 @@ def lookup(group: ScoreGroup | None, qid: int, pids: np.ndarray, source: Path) -
     if not found.all():
         raise DataError(
             f"{source}: no cross-encoder score for qid {qid}, pid(s) {pids[~found][:5].tolist()}: the scores "
-            "were computed on other hard negatives; rerun the score stage (dvc repro score)"
+            f"were computed on other hard negatives; rerun the {stage} stage (dvc repro {stage})"
         )
     assert group is not None
     return group.scores[at].astype(np.float64)

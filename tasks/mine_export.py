@@ -5,11 +5,13 @@ optionally rescores them with a cross-encoder, filters and samples them, and ret
 in one of four formats. This stage applies the same options (params section ``mining``, per
 system ``mining.per_system.<system>``) to what the pipeline already has: each system's top
 ``mine.top_k`` hits per training query (``paths.negatives/<system>.parquet``, positives removed),
-the cross-encoder scores of every (query, positive) and (query, negative) pair
-(``paths.scores/ce-scores.parquet``, model ``cross_encoder``), the qrels, the collection and the
-training queries. It writes, under ``paths.datasets`` (replaced as a whole, atomically), one
-Hugging Face dataset folder per system: ``<system>/README.md`` (a card whose ``configs:`` header
-makes ``datasets.load_dataset("<paths.datasets>/<system>", "<format>")`` work offline) and
+the cross-encoder scores of the pairs its options need (``paths.mine_scores/ce-scores.parquet``
+from stage ``mine_scores``, model ``cross_encoder``: each window and the positives of the systems
+with a filter or ``output_scores``, nothing otherwise, as ``mine_hard_negatives`` scores only
+then), the qrels, the collection and the training queries. It writes, under ``paths.datasets``
+(replaced as a whole, atomically), one Hugging Face dataset folder per system:
+``<system>/README.md`` (a card whose ``configs:`` header makes
+``datasets.load_dataset("<paths.datasets>/<system>", "<format>")`` work offline) and
 ``<system>/<format>/train-NNNNN-of-NNNNN.parquet``, and ``paths.metrics/mine_export.json``.
 
 Per system and training query (qrels ``rel >= 1``; P its positives, pid ascending; m the lowest
@@ -94,6 +96,7 @@ ANCHOR, POSITIVE = "query", "positive"  # the input columns mine_hard_negatives 
 ROW_GROUP_CELLS = 150_000  # texts per Parquet row group
 SHARD_BYTES = 1 << 30  # uncompressed bytes of rows per train-NNNNN file
 TEXT_CHUNK = 100_000
+SCORES_STAGE = "mine_scores"  # the stage that writes the scores this one reads
 FILTERS = ("absolute_margin", "relative_margin", "max_score", "min_score")
 
 
@@ -499,7 +502,7 @@ def run(
                     formats[fmt] = FormatRows(fmt, opts[s], writers[-1], (queries, passages), row_group_cells)
                 groups = iter_hit_groups(negatives_dir / f"{s}.parquet")
                 state[s] = System(s, opts[s], groups, next(groups, None), formats)
-            score_groups = iter_score_groups(scores_path) if need_ce else iter(())
+            score_groups = iter_score_groups(scores_path, stage=SCORES_STAGE) if need_ce else iter(())
             group: ScoreGroup | None = next(score_groups, None)
             for qid, pos_list in tqdm(positives.items(), desc="mine_export", unit=" queries", mininterval=5):
                 while group is not None and group.qid < qid:
@@ -588,8 +591,10 @@ def _mine_query(
     counts.queries += 1
     counts.candidates += len(window)
     scored = opts.filtered or opts.output_scores
-    pos_ce = lookup(mine, qid, pos, scores_path) if scored else np.zeros(len(pos))
-    neg_ce = lookup(mine, qid, window, scores_path) if scored and len(window) else np.zeros(len(window))
+    pos_ce = lookup(mine, qid, pos, scores_path, SCORES_STAGE) if scored else np.zeros(len(pos))
+    neg_ce = np.zeros(len(window))
+    if scored and len(window):
+        neg_ce = lookup(mine, qid, window, scores_path, SCORES_STAGE)
     rng = None
     if opts.sampling_strategy == "random":
         assert opts.seed is not None  # resolved by Mining.options
@@ -629,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.mine.top_k,
             cfg.seed,
             cfg.path("negatives"),
-            cfg.path("scores") / "ce-scores.parquet",
+            cfg.path("mine_scores") / "ce-scores.parquet",
             cfg.input_path("collection"),
             cfg.input_path("queries_train"),
             cfg.input_path("qrels_train"),

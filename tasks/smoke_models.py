@@ -17,6 +17,9 @@ configs embed the installed library versions (``transformers_version`` in ``conf
 those bytes, never the run time, the host, the checkout path or the environment (HF_* /
 TRANSFORMERS_* variables, locale, thread count: ``tests/test_env_independence.py``).
 
+A profile where no system and no cross-encoder has ``smoke: true`` (your own corpus with real
+models) gets ``paths.models`` with a README only: nothing is built and torch is not imported.
+
     python -m tasks.smoke_models            # reads inputs.collection, writes paths.models/*
 """
 
@@ -245,17 +248,40 @@ def build_all(
     return built
 
 
+NONE_README = """# No smoke model
+
+No system and no cross-encoder of this profile has `smoke: true`, so `python -m tasks.smoke_models`
+built nothing here (it builds the three tiny models only for a profile that uses one).
+"""
+
+
+def needed(cfg: Config) -> bool:
+    """Whether any system or the cross-encoder of ``cfg`` is a smoke model (``smoke: true``)."""
+    return cfg.cross_encoder.smoke or any(s.smoke for s in cfg.systems.values())
+
+
+def write_none(out_dir: Path) -> None:
+    """``out_dir`` holding only a README that says why it is empty (no torch imported)."""
+    log.info("no system or cross-encoder has smoke: true: no smoke model to build (%s)", out_dir)
+    with atomic_dir(out_dir) as stage, write_text_atomic(stage / "README.md", gz=False) as fh:
+        fh.write(NONE_README)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(
         "tasks.smoke_models",
         "Build the sample profile's tiny SMOKE models (random-init BERT + WordPiece vocab trained on "
-        "the collection): smoke-bi-cls-dot, smoke-bi-mean-cos, smoke-cross-encoder under paths.models. "
+        "the collection): smoke-bi-cls-dot, smoke-bi-mean-cos, smoke-cross-encoder under paths.models; "
+        "a profile without a smoke: true system or cross-encoder gets only a README there. "
         "Deterministic: same collection, params and seed give byte-identical files.",
         "python -m tasks.smoke_models --params params.yaml",
     )
     args = parser.parse_args(argv)
 
     def work(cfg: Config) -> None:
+        if not needed(cfg):
+            write_none(cfg.path("models"))
+            return
         # The models' bytes do not depend on torch's CPU kernels (the committed dvc.lock's models
         # were reproduced on AVX2 and AVX-512 CPUs), but ATen fixes its kernels at the first op:
         # choosing the model stages' kernels first keeps a process that goes on to encode or

@@ -20,6 +20,7 @@ STAGES = [
     ("denoise", []),
     ("export", []),
     ("hf_export", []),
+    ("mine_scores", []),
     ("mine_export", []),
     ("parity", []),
 ]
@@ -36,7 +37,7 @@ def test_missing_params_is_exit_2_naming_the_file(stage, extra, tmp_path: Path, 
 
 @pytest.mark.parametrize(
     ("stage", "extra"),
-    [s for s in STAGES if s[0] in ("merge", "denoise", "export", "hf_export", "mine_export")],
+    [s for s in STAGES if s[0] in ("merge", "denoise", "export", "hf_export", "mine_scores", "mine_export")],
 )
 def test_missing_input_is_exit_1_naming_it(stage, extra, tmp_path: Path, caplog):
     """A valid params file whose data paths point into an empty directory."""

@@ -91,7 +91,7 @@ def _side(seconds: float, again: bool = True) -> dict[str, Any]:
 
 def test_report_puts_both_sides_in_one_table(mc: ModuleType) -> None:
     names = list(mc.OPTION_SETS)
-    ours = _side(40.0) | {"ce_pairs": 3000}
+    ours = _side(40.0) | {"ce_pairs": dict.fromkeys(names, 0) | {names[1]: 1500}}
     peer = _side(10.0, again=False) | {"ce_pairs": dict.fromkeys(names, 0) | {names[1]: 2000}}
     result = {
         "docs": 600, "queries": 150, "seed": 13, "pairs": 159, "load": [0.5], "load_end": [1.0], "top_k": 10,
@@ -109,7 +109,9 @@ def test_report_puts_both_sides_in_one_table(mc: ModuleType) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert all(line.count(" | ") == 3 for line in rows), rows  # four columns everywhere
     assert f"| wall time from scratch: {names[0]} | 40.0 s | 10.0 s | 4.00 |" in text
-    assert f"| CE pairs scored, all {len(names)} option sets | 3,000 | 2,000 | 1.50 |" in text
+    assert f"| CE pairs scored, all {len(names)} option sets | 1,500 | 2,000 | 0.75 |" in text
+    assert f"| CE pairs scored: {names[1]} | 1,500 | 2,000 |  |" in text
+    assert "with this CPU's native kernels, as ours." in text  # no peer_env: native on both sides
     assert "80.0% (120 of 150 queries)" in text
     assert "restart finished in 10.0 s = 25% of a run from scratch" in text
     assert "finished before the kill (5 s): not measured" in text  # the peer's side here
@@ -145,8 +147,13 @@ def test_resumed_reads_what_the_stages_reused(mc: ModuleType) -> None:
     log = (
         "INFO __main__: encode all-MiniLM-L6-v2: 7800 rows, 3 shards encoded, 2 reused from cache\n"
         "2026 INFO tasks.score: score: 1 shard(s) of 4 reused from data/cache/scores, 3 to compute\n"
+        "2026 INFO tasks.score: mine_scores: 2 shard(s) of 2 reused from data/cache/scores, 0 to compute\n"
     )
-    assert mc.resumed(log) == ["encode: 2 of 5 shards from its cache", "score: 1 of 4 shards from its cache"]
+    assert mc.resumed(log) == [
+        "encode: 2 of 5 shards from its cache",
+        "score: 1 of 4 shards from its cache",
+        "mine_scores: 2 of 2 shards from its cache",
+    ]
     assert mc.resumed("Running stage 'mine_export':\n") == []
 
 
@@ -205,8 +212,9 @@ def test_report_without_kill_runs_names_the_overrides(mc: ModuleType) -> None:
     peer = {k: v for k, v in _side(10.0).items() if k not in ("kill", "kill_note", "again", "again_same")}
     result = {
         "docs": 600, "queries": 150, "seed": 13, "pairs": 159, "load": [0.5], "load_end": [1.0], "top_k": 10,
-        "kill_at": 0.5, "ours": ours | {"ce_pairs": 3000},
+        "kill_at": 0.5, "ours": ours | {"ce_pairs": dict.fromkeys(names, 0)},
         "peer": peer | {"ce_pairs": dict.fromkeys(names, 0)},
+        "peer_env": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"},
         "sets": {"orchestration.local_workers": 1, "encode.cpu_kernels": "native"},
         "agreement": {
             n: {"queries": 150, "identical": 120, "same_set": 130, "only_one_side": 2, "outside_window": 30}
@@ -217,3 +225,4 @@ def test_report_without_kill_runs_names_the_overrides(mc: ModuleType) -> None:
     assert "SIGKILL" not in text
     assert f"| wall time from scratch: {names[0]} | 40.0 s | 10.0 s | 4.00 |" in text
     assert "overridden (--set): encode.cpu_kernels=native, orchestration.local_workers=1." in text
+    assert "with our CPU kernels pinned (ATEN_CPU_CAPABILITY=avx2, MKL_CBWR=AVX2,STRICT)." in text

@@ -501,11 +501,13 @@ def _params(tmp_path: Path, case: Case, mining: dict[str, Any]) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     shutil.copytree(case.negatives, tmp_path / "negatives")
-    (tmp_path / "scores").mkdir()
-    shutil.copy(case.scores, tmp_path / "scores" / "ce-scores.parquet")
+    (tmp_path / "mine-scores").mkdir()  # what the mine_scores stage writes (tests/test_mine_scores.py)
+    shutil.copy(case.scores, tmp_path / "mine-scores" / "ce-scores.parquet")
     for key in ("datasets", "metrics"):
         data["paths"][key] = str(tmp_path / key)
-    data["paths"].update(raw=str(raw), negatives=str(tmp_path / "negatives"), scores=str(tmp_path / "scores"))
+    data["paths"].update(
+        raw=str(raw), negatives=str(tmp_path / "negatives"), mine_scores=str(tmp_path / "mine-scores")
+    )
     data["mining"] = mining
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(data, sort_keys=False))

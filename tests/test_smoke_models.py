@@ -67,3 +67,32 @@ def test_bad_params_raise() -> None:
         train_vocab(["a b c"], 3)
     with pytest.raises(ValueError, match="pooling"):
         build_bi_encoder("/nonexistent", ["[PAD]"], "max", TINY_PARAMS, 0)  # type: ignore[arg-type]
+
+
+def test_a_profile_without_smoke_models_builds_none_and_skips_torch(tmp_path: Path) -> None:
+    """A real-models profile (no ``smoke: true``): the CLI writes a README only, in a fresh
+    process that never imports torch; the sample profile (smoke models) is unchanged."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tasks.config import ROOT
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for system in data["systems"].values():
+        system["smoke"] = False
+    data["cross_encoder"]["smoke"] = False
+    data["mining"]["systems"] = ["bm25"]
+    data["paths"]["models"] = str(tmp_path / "models")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "stale").write_text("from an earlier run")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    code = (
+        "import sys; from tasks.smoke_models import main; rc = main(['--params', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(params)], cwd=ROOT, check=True)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["README.md"]
+    assert "No smoke model" in (tmp_path / "models" / "README.md").read_text()
