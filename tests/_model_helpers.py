@@ -70,3 +70,18 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         bi_mean_cos=models / BI_MEAN_COS,
         cross_encoder=models / CROSS_ENCODER,
     )
+
+
+def run_stage_without_torch(module: str, params: Path) -> None:
+    """``python -m <module> --params <params>`` as a fresh process, failing if it exits non-zero or
+    imports torch (a stage with no model work to do must not pay torch's import)."""
+    import subprocess
+    import sys
+
+    from tasks.config import ROOT
+
+    code = (
+        f"import sys; from {module} import main; rc = main(['--params', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(params)], cwd=ROOT, check=True)

@@ -13,6 +13,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -135,3 +136,39 @@ def test_bad_corpus_fails_naming_file_line_and_id_and_records_nothing(proj: Path
         corpus.write_text(good, encoding="utf-8")
     dvc(["checkout"], proj, _env())
     assert "up to date" in dvc(["status"], proj, _env()).lower()
+
+
+def test_a_score_option_reruns_only_mine_scores_and_mine_export(proj: Path) -> None:
+    """``output_scores`` on one system: ``dvc repro mine_export`` scores that system's windows and
+    positives in ``mine_scores`` (the real cross-encoder path under DVC), not the score stage."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    profile = proj / "conf" / "profile" / f"{NAME}.yaml"
+    data = yaml.safe_load(profile.read_text())
+    data.setdefault("mining", {})["per_system"] = {"smoke-bi-cls-dot": {"output_scores": True}}
+    profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    use = _py(proj, "-m", "tasks.config", "use", NAME)
+    assert use.returncode == 0, use.stderr
+    out = dvc(["repro", "mine_export"], proj, _env())
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+    assert ran == {"mine_scores", "mine_export"}, out
+    metrics = json.loads((proj / "data" / NAME / "metrics" / "mine_scores.json").read_text())
+    assert metrics["systems"] == ["smoke-bi-cls-dot"] and metrics["pairs"] > 0
+    mine = pq.read_table(proj / "data" / NAME / "mine-scores" / "ce-scores.parquet")
+    full = pq.read_table(proj / "data" / NAME / "scores" / "ce-scores.parquet")  # the score stage's
+
+    def by_pair(t: Any) -> dict[tuple[int, int], float]:
+        keys = zip(t["qid"].to_pylist(), t["pid"].to_pylist(), strict=True)
+        return dict(zip(keys, t["score"].to_pylist(), strict=True))
+
+    ours, all_ = by_pair(mine), by_pair(full)
+    assert set(ours) <= set(all_) and len(ours) == metrics["pairs"]  # a subset: that system's top_k
+    np.testing.assert_allclose([ours[k] for k in ours], [all_[k] for k in ours], atol=1e-4)
+    folder = proj / "data" / NAME / "datasets" / "smoke-bi-cls-dot" / "triplet"
+    table = pq.read_table(sorted(folder.glob("*.parquet"))[0])
+    assert "scores" in table.column_names and len(table["scores"][0].as_py()) == 2
+    assert (
+        "scores"
+        not in pq.read_table(next((folder.parent.parent / "bm25" / "triplet").glob("*.parquet"))).column_names
+    )

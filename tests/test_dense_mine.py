@@ -284,3 +284,47 @@ def test_missing_bm25_run_and_skipped_system(sample: EncodedSample, tmp_path: Pa
     assert pq.read_metadata(out).num_rows == 0
     assert pq.read_metadata(out).metadata[b"skipped"] == b"no public weights"
     assert [f.name for f in (tmp_path / "runs-gone").iterdir()] == ["SKIPPED.txt"]
+
+
+def test_cpu_mining_never_imports_torch_and_writes_the_same_bytes(
+    sample: EncodedSample, tmp_path: Path
+) -> None:
+    """Without a GPU device node, the mine stage searches with numpy and never imports torch (its
+    ~3 s import was most of a small corpus's mining); the outputs equal an in-process run's."""
+    import json
+    import subprocess
+    import sys
+
+    from tasks.accel import cuda_possible
+    from tasks.config import ROOT
+
+    assert not cuda_possible([str(tmp_path / "no-such-node")])
+    (tmp_path / "node").write_text("")
+    assert cuda_possible([str(tmp_path / "node")])
+    if cuda_possible():
+        pytest.skip("this machine has a GPU device node: the stage asks torch whether CUDA works")
+    args = {
+        "system": sample.system.model_dump_json(), "emb": str(sample.emb_dir),
+        "qrels": str(sample.inputs["qrels_train"]),
+        "cands": {k: str(v) for k, v in bm25_candidates(sample).items()}, "out": str(tmp_path / "a"),
+    }  # fmt: skip
+    code = """
+import json, sys
+from pathlib import Path
+from tasks.config import DenseSystem, Mine, Search
+from tasks.dense_mine import run
+a = json.loads(sys.argv[1]); out = Path(a["out"])
+run("tiny-cos", DenseSystem.model_validate_json(a["system"]), Search(query_chunk=256), Mine(top_k=10),
+    20, Path(a["emb"]), Path(a["qrels"]), {k: Path(v) for k, v in a["cands"].items()},
+    out / "neg.parquet", out / "runs", out / "summary.json")
+assert "torch" not in sys.modules, "torch imported"
+"""
+    subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=ROOT, check=True)
+    b = tmp_path / "b"
+    run(
+        "tiny-cos", sample.system, Search(query_chunk=256), Mine(top_k=10), 20, sample.emb_dir,
+        sample.inputs["qrels_train"], bm25_candidates(sample), b / "neg.parquet", b / "runs",
+        b / "summary.json",
+    )  # fmt: skip
+    for rel in ("neg.parquet", "runs/dev.full.trec", "runs/dev.rerank.trec", "summary.json"):
+        assert (tmp_path / "a" / rel).read_bytes() == (b / rel).read_bytes(), rel

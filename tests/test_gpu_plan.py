@@ -137,3 +137,16 @@ def test_single_gpu_plan_is_in_process():
     with local_executor(plan_local(2, "cuda", 1, cpus=16)) as ex:
         assert isinstance(ex, InlineExecutor)
         assert map_ordered(ex, os.getpid, [()]) == [os.getpid()]
+
+
+def test_auto_is_in_process_on_cpu_and_one_worker_per_gpu_on_cuda():
+    """The default ``local_workers: auto``: every core in one process on CPU; every GPU on CUDA."""
+    from tasks.scaleout import describe
+
+    assert Orchestration().local_workers == "auto"
+    assert plan_local("auto", "cpu", 0, cpus=16) == LocalPlan(1, None, (), "in-process on CPU")
+    assert plan_local("auto", "cuda", 1, cpus=16).line == "in-process on cuda:0 (one model copy)"
+    four = plan_local("auto", "cuda", 4, cpus=16)
+    assert (four.workers, four.gpus) == (4, ("0", "1", "2", "3")) and "idle" not in four.line
+    assert plan_local("auto", "cuda", 0, cpus=16).workers == 1  # no GPU visible: in-process
+    assert "in-process on CPU" in describe(Orchestration())

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import yaml
 from tasks.config import ROOT, CrossEncoderCfg, Mining
 from tasks.io import DataError
 from tasks.mine_scores import collect, needing_scores, run
-from tests._model_helpers import tiny_models, tiny_texts
+from tests._model_helpers import run_stage_without_torch, tiny_models, tiny_texts
 from tests.test_mine_export import SEED, TOP_K, Case, build, rows
 
 HITS = {
@@ -94,11 +92,7 @@ def test_nothing_needed_writes_an_empty_table_without_torch(tmp_path: Path) -> N
     data["mining"]["systems"] = ["bm25"]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(data))
-    code = (
-        "import sys; from tasks.mine_scores import main; rc = main(['--params', sys.argv[1]]); "
-        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(params)], cwd=ROOT, check=True)
+    run_stage_without_torch("tasks.mine_scores", params)
     out = tmp_path / "mine_scores"
     assert pq.read_table(out / "ce-scores.parquet").num_rows == 0
     assert json.loads((out / "manifest.json").read_text()) == {"format": 1, "systems": [], "pairs": 0}

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from tasks.smoke_models import build_bi_encoder, train_vocab
-from tests._model_helpers import SEED, TINY_PARAMS, TinyModels, tiny_models, tiny_texts
+from tests._model_helpers import (
+    SEED,
+    TINY_PARAMS,
+    TinyModels,
+    run_stage_without_torch,
+    tiny_models,
+    tiny_texts,
+)
 
 
 @pytest.fixture(scope="session")
@@ -71,10 +78,7 @@ def test_bad_params_raise() -> None:
 
 def test_a_profile_without_smoke_models_builds_none_and_skips_torch(tmp_path: Path) -> None:
     """A real-models profile (no ``smoke: true``): the CLI writes a README only, in a fresh
-    process that never imports torch; the sample profile (smoke models) is unchanged."""
-    import subprocess
-    import sys
-
+    process that never imports torch, and the directory's earlier content is gone."""
     import yaml
 
     from tasks.config import ROOT
@@ -89,10 +93,6 @@ def test_a_profile_without_smoke_models_builds_none_and_skips_torch(tmp_path: Pa
     (tmp_path / "models" / "stale").write_text("from an earlier run")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(data))
-    code = (
-        "import sys; from tasks.smoke_models import main; rc = main(['--params', sys.argv[1]]); "
-        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(params)], cwd=ROOT, check=True)
+    run_stage_without_torch("tasks.smoke_models", params)
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["README.md"]
     assert "No smoke model" in (tmp_path / "models" / "README.md").read_text()
