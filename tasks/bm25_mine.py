@@ -31,7 +31,7 @@ from tasks.bm25_backends import Ranked, Searcher, load_pids, open_backend
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Bm25, Config, Mine
 from tasks.io import DataError, write_json
-from tasks.records import Hit, hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run
+from tasks.records import hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run_arrays
 from tasks.scaleout import executor as shard_executor
 from tasks.scaleout import process_pool
 
@@ -216,12 +216,14 @@ def _eval_run(pool: QueryPool, name: str, path: Path, runs_dir: Path, mine: Mine
     start = time.perf_counter()
     ranked = pool.search([q.text for q in evq], mine.eval_depth, f"bm25 {name}")
     secs = time.perf_counter() - start
-    run_hits = [
-        Hit(q.qid, pid, r, s)
-        for q, hits in zip(evq, ranked, strict=True)
-        for r, (pid, s) in enumerate(hits, 1)
-    ]
-    write_run(runs_dir / f"{name}.full.trec", sorted(run_hits, key=lambda h: (h.qid, h.rank)), TAG)
+    sizes = np.array([len(hits) for hits in ranked], dtype=np.int64)
+    qid = np.repeat(np.array([q.qid for q in evq], dtype=np.int64), sizes)
+    flat = [hit for hits in ranked for hit in hits]
+    pid = np.array([p for p, _ in flat], dtype=np.int64)
+    score = np.array([s for _, s in flat], dtype=np.float64)
+    rank = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
+    order = np.lexsort((rank, qid))  # by (qid, rank): the queries file's order need not be sorted
+    write_run_arrays(runs_dir / f"{name}.full.trec", qid[order], pid[order], rank[order], score[order], TAG)
     log.info(
         "bm25 %s: %d queries in %.1f s (%.0f queries/s)", name, len(evq), secs, len(evq) / max(secs, 1e-9)
     )

@@ -56,14 +56,14 @@ from tasks.io import DataError, atomic_path, record_work, write_json, write_text
 from tasks.mine_refresh import fingerprint, incremental_search
 from tasks.records import (
     Candidates,
-    Hit,
+    RunArrays,
     check_candidates,
     hits_table,
     qrels_by_query,
     read_candidates,
     read_qrels,
     write_hits,
-    write_run,
+    write_run_arrays,
 )
 
 log = logging.getLogger(__name__)
@@ -665,20 +665,40 @@ def plan_rerank(corpus_ids: np.ndarray, qids: np.ndarray, candidates: Path, dept
     return RerankPlan(np.array(list(cands.sets), dtype=np.int64), counts, all_pids, order[pos], cands)
 
 
-def rerank(plan: RerankPlan, qids: np.ndarray, q: np.ndarray, vecs: np.ndarray) -> list[Hit]:
-    """Re-score each query's candidates with this model (prepared ``q`` rows of ``qids``, candidate
-    ``vecs`` in plan order): the float64 score rounded to float32, as the full runs, ties by pid."""
+def rerank(
+    plan: RerankPlan, qids: np.ndarray, q: np.ndarray, vecs: np.ndarray, rows: np.ndarray
+) -> RunArrays:
+    """Re-score each query's candidates with this model (prepared ``q`` rows of ``qids``; the
+    candidates' vectors are ``vecs[rows]``, plan order): the float64 score rounded to float32, as
+    the full runs, ties by pid. One query's vectors are gathered at a time, never every candidate's."""
     qrow = {int(qid): i for i, qid in enumerate(qids)}
-    hits: list[Hit] = []
+    order = np.empty(len(plan.pids), dtype=np.int64)
+    scores = np.empty(len(plan.pids), dtype=np.float32)
     offset = 0
     for qid, n in zip(plan.qids.tolist(), plan.counts.tolist(), strict=True):
-        exact = vecs[offset : offset + n].astype(np.float64) @ q[qrow[qid]].astype(np.float64)
-        scores = exact.astype(np.float32)
-        pids = plan.pids[offset : offset + n]
+        block = vecs[rows[offset : offset + n]]
+        exact = block.astype(np.float64) @ q[qrow[qid]].astype(np.float64)
+        scores[offset : offset + n] = exact.astype(np.float32)
+        order[offset : offset + n] = offset + np.lexsort(
+            (plan.pids[offset : offset + n], -scores[offset : offset + n])
+        )
         offset += n
-        for rank, i in enumerate(np.lexsort((pids, -scores)), 1):
-            hits.append(Hit(qid, int(pids[i]), rank, float(scores[i])))
-    return hits
+    ranks = np.arange(len(order)) - np.repeat(np.cumsum(plan.counts) - plan.counts, plan.counts) + 1
+    return RunArrays(
+        np.repeat(plan.qids, plan.counts), plan.pids[order], ranks, scores[order].astype(np.float64)
+    )
+
+
+def ranked_run(qids: np.ndarray, scores: np.ndarray, pids: np.ndarray) -> RunArrays:
+    """A full run from the search's per-query rows (best first): the valid hits, ranked from 1."""
+    valid = _valid(scores, pids)
+    ranks = np.cumsum(valid, axis=1)
+    return RunArrays(
+        np.repeat(np.asarray(qids, dtype=np.int64), valid.sum(axis=1)),
+        pids[valid].astype(np.int64),
+        ranks[valid].astype(np.int64),
+        scores[valid].astype(np.float64),
+    )
 
 
 def run(
@@ -820,17 +840,11 @@ def run(
 
     for name, (s, p) in zip(names, found[1:], strict=True):
         eq = evals[name][0]
-        full = [
-            Hit(int(qid), int(prow[i]), r, float(srow[i]))
-            for qid, srow, prow in zip(eq, s, p, strict=True)
-            for r, i in enumerate(np.flatnonzero(_valid(srow, prow)), 1)
-        ]
-        write_run(Path(runs_dir) / f"{name}.full.trec", full, system)
+        write_run_arrays(Path(runs_dir) / f"{name}.full.trec", *ranked_run(eq, s, p), system)
         plan = plans[name]
-        vecs = gathered[np.searchsorted(gather, plan.rows)]
-        rr = rerank(plan, eq, _prep(evals[name][1], normalize), vecs)
-        write_run(Path(runs_dir) / f"{name}.rerank.trec", rr, system)
-        summary[name] = {"queries": len(eq), "rerank_queries": len({h.qid for h in rr}),
+        rr = rerank(plan, eq, _prep(evals[name][1], normalize), gathered, np.searchsorted(gather, plan.rows))
+        write_run_arrays(Path(runs_dir) / f"{name}.rerank.trec", *rr, system)
+        summary[name] = {"queries": len(eq), "rerank_queries": len(np.unique(rr.qid)),
                          "rerank": plan.candidates.summary()}  # fmt: skip
     summary["index"] = search.index
     if summary_out:

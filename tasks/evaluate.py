@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from tasks.cli import LOG_FORMAT, run_stage
 from tasks.config import Config, Evaluate
 from tasks.io import DataError, atomic_dir, describe_os_error, write_json
 from tasks.metrics import Qrels, Run, msmarco_mrr, trec_eval
-from tasks.records import read_hard_negatives, read_hits, read_qrels, read_run, skipped_reason
+from tasks.records import read_hard_negatives, read_hits, read_qrels, read_run_arrays, skipped_reason
 from tasks.report import ReportLabels, report_labels, report_markdown, write_report
 
 log = logging.getLogger(__name__)
@@ -90,20 +89,10 @@ def evaluate_run(
 
 
 def read_trec_run(path: Path) -> Run:
-    """A TREC run file as arrays, read with :func:`tasks.records.read_run` without keeping a
-    Python object per row (a 7M-line dev run stays a few hundred MB)."""
-    qid, pid, rank, score = array("q"), array("q"), array("q"), array("d")
-    for hit in tqdm(read_run(path), desc=f"read {path.parent.name}/{path.name}", unit=" rows", leave=False):
-        qid.append(hit.qid)
-        pid.append(hit.pid)
-        rank.append(hit.rank)
-        score.append(hit.score)
-    return Run.from_arrays(
-        np.frombuffer(qid, np.int64),
-        np.frombuffer(pid, np.int64),
-        np.frombuffer(score, np.float64),
-        np.frombuffer(rank, np.int64),
-    )
+    """A TREC run file as arrays (:func:`tasks.records.read_run_arrays`: no Python object per
+    row, so a 7M-line dev run stays a few hundred MB)."""
+    run = read_run_arrays(path)
+    return Run.from_arrays(run.qid, run.pid, run.score, run.rank)
 
 
 def _system_names(runs_dir: Path, systems: Sequence[str]) -> list[str]:

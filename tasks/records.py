@@ -30,6 +30,7 @@ is written (stages fail with exit code 1 and keep their previous outputs):
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.io import DataError, atomic_path, iter_lines, write_text_atomic
+from tasks.io import READ_ERRORS, DataError, atomic_path, iter_lines, open_binary, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,46 @@ def write_qrels(path: str | Path, qrels: Iterable[Qrel], sep: str = "\t") -> Non
             fh.write(f"{q.qid}{sep}0{sep}{q.pid}{sep}{q.rel}\n")
 
 
+class RunArrays(NamedTuple):
+    """A TREC run as parallel arrays, in file order (no Python object per row)."""
+
+    qid: np.ndarray  # int64
+    pid: np.ndarray  # int64
+    rank: np.ndarray  # int64
+    score: np.ndarray  # float64
+
+    @classmethod
+    def empty(cls) -> RunArrays:
+        i = np.zeros(0, dtype=np.int64)
+        return cls(i, i, i, np.zeros(0, dtype=np.float64))
+
+
+def _run_line_format(tag: str) -> str:
+    """The ``%``-format of one run line, ``tag`` baked in (scores with 6 decimals: stable bytes)."""
+    return "%d Q0 %d %d %.6f " + tag.replace("%", "%%") + "\n"
+
+
 def write_run(path: str | Path, hits: Iterable[Hit], tag: str) -> None:
     """TREC run file; scores printed with 6 decimals so the bytes are stable."""
+    fmt = _run_line_format(tag)
     with write_text_atomic(path) as fh:
-        for h in hits:
-            fh.write(f"{h.qid} Q0 {h.pid} {h.rank} {h.score:.6f} {tag}\n")
+        fh.writelines(fmt % (h.qid, h.pid, h.rank, h.score) for h in hits)
+
+
+def write_run_arrays(
+    path: str | Path, qid: np.ndarray, pid: np.ndarray, rank: np.ndarray, score: np.ndarray, tag: str
+) -> None:
+    """:func:`write_run` from parallel arrays, rows in the order given: the same bytes for the
+    same rows (a float32 score prints as the float64 it widens to, as ``write_run`` prints it)."""
+    fmt = _run_line_format(tag)
+    cols = [np.asarray(c) for c in (qid, pid, rank, score)]
+    if len({len(c) for c in cols}) > 1:
+        raise ValueError(f"{path}: qid, pid, rank and score must have the same length")
+    with write_text_atomic(path) as fh:
+        step = 1 << 16  # a block of lines at a time: neither the text nor a Python object per row
+        for start in range(0, len(cols[0]), step):  # of the whole run sits in memory
+            block = [c[start : start + step].tolist() for c in cols]
+            fh.write("".join(map(fmt.__mod__, zip(*block, strict=True))))
 
 
 class Candidates(NamedTuple):
@@ -280,13 +316,18 @@ def read_candidates(path: str | Path, depth: int) -> Candidates:
     if not is_trec_run(path):
         sets = read_top1000(path)
         return Candidates(path, False, None, sum(len(p) for p in sets.values()), sets)
-    ranked: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    listed = 0
-    for h in read_run(path):
-        ranked[h.qid].append((h.rank, h.pid))
-        listed += 1
-    cut = {qid: [pid for _, pid in sorted(ranked[qid])[:depth]] for qid in sorted(ranked)}
-    return Candidates(path, True, depth, listed, cut)
+    run = read_run_arrays(path)
+    order = np.lexsort((run.pid, run.rank, run.qid))  # by query, then rank, ties by pid
+    qid, pid = run.qid[order], run.pid[order]
+    starts = np.flatnonzero(np.r_[True, qid[1:] != qid[:-1]]) if len(qid) else np.zeros(0, np.int64)
+    place = np.arange(len(qid)) - np.repeat(starts, np.diff(np.r_[starts, len(qid)]))
+    keep = place < depth
+    qid, pid = qid[keep], pid[keep]
+    bounds = np.flatnonzero(np.r_[True, qid[1:] != qid[:-1]]) if len(qid) else np.zeros(0, np.int64)
+    cut = {
+        int(q): part.tolist() for q, part in zip(qid[bounds].tolist(), np.split(pid, bounds[1:]), strict=True)
+    }
+    return Candidates(path, True, depth, len(run.qid), cut)
 
 
 def iter_run_fields(path: str | Path) -> Iterator[tuple[int, list[str]]]:
@@ -307,16 +348,87 @@ def read_run(path: str | Path) -> Iterator[Hit]:
     """A TREC run, in file order. An empty run yields nothing (``evaluate`` reports it)."""
     path = Path(path)
     for lineno, parts in iter_run_fields(path):
-        try:
-            score = float(parts[4])
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
-        yield Hit(
-            _int(parts[0], path, lineno, "qid"),
-            _int(parts[2], path, lineno, "pid"),
-            _int(parts[3], path, lineno, "rank"),
-            score,
-        )
+        yield _run_hit(path, lineno, parts)
+
+
+def _run_hit(path: Path, lineno: int, parts: list[str]) -> Hit:
+    """The :class:`Hit` of one run line's 6 fields, or a DataError naming the line."""
+    try:
+        score = float(parts[4])
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+    return Hit(
+        _int(parts[0], path, lineno, "qid"),
+        _int(parts[2], path, lineno, "pid"),
+        _int(parts[3], path, lineno, "rank"),
+        score,
+    )
+
+
+_RUN_COLUMNS = ("qid", "q0", "pid", "rank", "score", "tag")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def read_run_arrays(path: str | Path) -> RunArrays:
+    """:func:`read_run` as arrays: the same rows, the same errors, ~10x faster on a large run.
+
+    A run as the stages write it (single spaces, visible-ASCII ``Q0`` and tag columns, no CR
+    but before a newline) is parsed by pyarrow's CSV reader; anything else, well-formed or not
+    (tabs or repeated spaces between columns, a bad line), goes line by line through
+    :func:`read_run`, which gives the rows, or the error naming the line.
+    """
+    path = Path(path)
+    fast = _read_run_fast(path)
+    if fast is not None:
+        return fast
+    cols = array("q"), array("q"), array("q"), array("d")  # 8 bytes a value, not a Python object
+    for lineno, parts in iter_run_fields(path):
+        h = _run_hit(path, lineno, parts)
+        for what, value in (("qid", h.qid), ("pid", h.pid), ("rank", h.rank)):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise DataError(f"{path}:{lineno}: {what} {value} does not fit in 64 bits")
+        for col, value in zip(cols, (h.qid, h.pid, h.rank, h.score), strict=True):
+            col.append(value)
+    if not cols[0]:
+        return RunArrays.empty()
+    return RunArrays(*(np.frombuffer(c, np.int64) for c in cols[:3]), np.frombuffer(cols[3], np.float64))
+
+
+def _read_run_fast(path: Path) -> RunArrays | None:
+    """The run through pyarrow's CSV reader, or None where it cannot be sure to read what
+    :func:`read_run` reads (then the caller reads it line by line)."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    try:
+        with open_binary(path) as fh:
+            data = fh.read()
+    except (*READ_ERRORS, ValueError):
+        return None  # missing, truncated, unreadable: the line reader says which line and why
+    if not data.strip() or data.count(b"\r") != data.count(b"\r\n"):
+        return None  # empty, or a lone CR: str.split() takes it as a space, pyarrow as a line end
+    types = {"qid": pa.int64(), "q0": pa.string(), "pid": pa.int64(), "rank": pa.int64(),
+             "score": pa.float64(), "tag": pa.string()}  # fmt: skip
+    try:
+        table = pcsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pcsv.ReadOptions(column_names=list(_RUN_COLUMNS), use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=" ", quote_char=False, escape_char=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types=types, null_values=[], strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )  # fmt: skip
+    except (pa.ArrowException, ValueError):
+        return None
+    for name in ("q0", "tag"):  # visible ASCII only: no whitespace str.split() would split on
+        col = table.column(name)
+        if col.null_count or not pc.all(pc.match_substring_regex(col, r"^[\x21-\x7e]+$")).as_py():
+            return None
+    if any(table.column(c).null_count for c in _RUN_COLUMNS):
+        return None
+    arrays = [table.column(c).to_numpy() for c in ("qid", "pid", "rank", "score")]
+    return RunArrays(*arrays)
 
 
 HITS_SCHEMA = pa.schema(
