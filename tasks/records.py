@@ -381,17 +381,20 @@ def read_run_arrays(path: str | Path) -> RunArrays:
     fast = _read_run_fast(path)
     if fast is not None:
         return fast
-    cols = array("q"), array("q"), array("q"), array("d")  # 8 bytes a value, not a Python object
+    ids = {"qid": array("q"), "pid": array("q"), "rank": array("q")}  # 8 bytes a value, no object
+    score = array("d")
     for lineno, parts in iter_run_fields(path):
         h = _run_hit(path, lineno, parts)
-        for what, value in (("qid", h.qid), ("pid", h.pid), ("rank", h.rank)):
+        for what, col in ids.items():
+            value = getattr(h, what)
             if not _INT64[0] <= value <= _INT64[1]:
                 raise DataError(f"{path}:{lineno}: {what} {value} does not fit in 64 bits")
-        for col, value in zip(cols, (h.qid, h.pid, h.rank, h.score), strict=True):
             col.append(value)
-    if not cols[0]:
+        score.append(h.score)
+    if not score:
         return RunArrays.empty()
-    return RunArrays(*(np.frombuffer(c, np.int64) for c in cols[:3]), np.frombuffer(cols[3], np.float64))
+    qid, pid, rank = (np.frombuffer(c, np.int64) for c in ids.values())
+    return RunArrays(qid, pid, rank, np.frombuffer(score, np.float64))
 
 
 def _read_run_fast(path: Path) -> RunArrays | None:
@@ -403,7 +406,7 @@ def _read_run_fast(path: Path) -> RunArrays | None:
     try:
         with open_binary(path) as fh:
             data = fh.read()
-    except (*READ_ERRORS, ValueError):
+    except READ_ERRORS + (ValueError,):
         return None  # missing, truncated, unreadable: the line reader says which line and why
     if not data.strip() or data.count(b"\r") != data.count(b"\r\n"):
         return None  # empty, or a lone CR: str.split() takes it as a space, pyarrow as a line end
