@@ -369,6 +369,16 @@ ADDRESSING_DOC = (
 )
 
 
+BATCH_ORDER_DOC = (
+    "how a shard's texts are grouped into batches (addressing shard): chars = by character length, "
+    "as sentence-transformers' encode sorts (the published bits; the default); tokens = by token "
+    "count, so a batch pads almost nothing (all-MiniLM-L6-v2 on a generated corpus: 9% of the "
+    "passage tokens and 31% of the query tokens were padding by chars, 0.2% and 2% by tokens). "
+    "Embeddings change in their last bits (batch neighbours), so cache keys change; own-corpus "
+    "profiles from tasks.profile_init use tokens"
+)
+
+
 class Encode(Section):
     batch_size: PositiveInt = Field(64, description="texts per forward pass (addressing shard)")
     shard_size: PositiveInt = 2000
@@ -376,6 +386,7 @@ class Encode(Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description=DTYPE_DOC)
     cpu_kernels: Literal["avx2", "native"] = Field("avx2", description=CPU_KERNELS_DOC)
     addressing: Literal["shard", "text"] = Field("shard", description=ADDRESSING_DOC)
+    batch_order: Literal["chars", "tokens"] = Field("chars", description=BATCH_ORDER_DOC)
 
 
 class Search(Section):

@@ -3,7 +3,9 @@
 Each part (``corpus``, ``train``, ``dev``, ``dl19``) is cut into shards of ``encode.shard_size``
 rows in file order. A shard is encoded by :func:`encode_shard`, a pure module-level function
 of a picklable :class:`ShardSpec` (so a Dask or process executor can run it anywhere), in
-length-sorted batches (original order restored), and stored as float16 ``.npy`` in a
+length-sorted batches (original order restored; ``encode.batch_order``: by characters as
+sentence-transformers sorts, the default, or by token count, :func:`batch_order`, which pads
+less and is keyed apart), and stored as float16 ``.npy`` in a
 content-addressed cache ``paths.embedding_cache/<key[:2]>/<key>.npy`` with a sidecar
 ``<key>.json`` (rows, sha256). The key hashes the model id, its revision (the pinned commit;
 unpinned, the commit of the snapshot the local HF cache holds, which an offline load reads; for
@@ -125,6 +127,7 @@ class ShardSpec:
     cpu_kernels: str | None = "avx2"  # tasks.accel.pin_cpu_kernels on CPU; None on CUDA
     method: str = "encode"  # encode (no prompt passed) | encode_query | encode_document
     prompt: str | None = None  # the resolved prompt text the two prompted methods are given
+    batch_order: str = "chars"  # chars | tokens: what the batches are sorted by (encode.batch_order)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,35 @@ def _load_model(spec: ShardSpec):
     return _MODELS[ident]
 
 
+BATCH_ORDERS = ("chars", "tokens")
+
+
+def batch_order(model: Any, spec: ShardSpec) -> list[int]:
+    """The order the texts are batched in: longest first, ties in text order.
+
+    ``chars``: by character length, as sentence-transformers' ``encode`` sorts (the published
+    bits). ``tokens``: by the token count the model's own tokenizer gives (``model.tokenize``,
+    truncated at ``max_seq_length``), so texts of one batch pad to nearly the same length.
+    """
+    texts = spec.texts
+    if spec.batch_order == "chars":
+        return sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
+    if spec.batch_order != "tokens":
+        raise ValueError(
+            f"shard {spec.key[:12]}: unknown batch order {spec.batch_order!r} ({', '.join(BATCH_ORDERS)})"
+        )
+    lengths: list[int] = []
+    for start in range(0, len(texts), 1024):  # a padded block at a time, never the whole shard
+        features = model.tokenize(list(texts[start : start + 1024]))
+        if "attention_mask" not in features:
+            raise ValueError(
+                f"{spec.model}: its tokenizer gives no attention_mask to count tokens by; "
+                "set encode.batch_order: chars"
+            )
+        lengths += features["attention_mask"].sum(dim=1).tolist()
+    return sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+
+
 def encode_shard(spec: ShardSpec, progress: Callable[[int], object] | None = None) -> ShardResult:
     """Encode ``spec.texts`` in length-sorted batches; rows come back in the original order.
 
@@ -170,7 +202,7 @@ def encode_shard(spec: ShardSpec, progress: Callable[[int], object] | None = Non
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"shard {spec.key[:12]}: spec asks for cuda but this worker has none")
     model = _load_model(spec)
-    order = sorted(range(len(spec.texts)), key=lambda i: (-len(spec.texts[i]), i))
+    order = batch_order(model, spec)
     out: np.ndarray | None = None
     with torch.inference_mode():
         for start in range(0, len(order), spec.batch_size):
@@ -400,6 +432,8 @@ def run(
         "batch_size": encode.batch_size,
         "format": FORMAT_VERSION,
     }
+    if encode.batch_order != "chars":  # the default adds nothing: every earlier key stays valid
+        base["batch_order"] = encode.batch_order
     methods = part_methods(enc)
     if encode.addressing == "text":
         return _run_texts(system, params, encode, parts, Path(out_dir), Path(cache_dir), executor,
@@ -458,7 +492,8 @@ def run(
                 texts = tuple(t for _, t in chunk)
                 spec = ShardSpec(key, location, load_revision, enc.max_seq_length,
                                  accel.device, accel.dtype, encode.batch_size, texts,
-                                 cpu_kernels, **_spec_method(methods[part]))  # fmt: skip
+                                 cpu_kernels, **_spec_method(methods[part]),
+                                 batch_order=encode.batch_order)  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)
                 else:
@@ -493,7 +528,8 @@ def run(
 def text_settings(base: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """What shapes one text's embedding under ``addressing: text``: the shard settings less the
     batch size (every text is encoded alone), the addressing and the part's method and prompt."""
-    return {**{k: v for k, v in base.items() if k != "batch_size"}, "addressing": "text", **fields}
+    alone = ("batch_size", "batch_order")  # a batch of one: neither shapes an embedding
+    return {**{k: v for k, v in base.items() if k not in alone}, "addressing": "text", **fields}
 
 
 def text_store_root(cache_dir: str | Path, settings: dict[str, Any]) -> Path:

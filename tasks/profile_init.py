@@ -4,7 +4,9 @@ It writes ``conf/profile/<name>.yaml``: the ``datasets`` entry (format, path, sp
 (bi-encoders, by hub id or local path; or the smoke models, for a run that needs no weights) and the
 cross-encoder, and composes ``params.yaml`` from it unless ``--no-use``. Everything else comes from
 ``conf/base.yaml``; :func:`tasks.config.compose` derives the ``inputs`` from the dataset and drops
-MS MARCO's downloads, QA splits and official candidate lists.
+MS MARCO's downloads, QA splits and official candidate lists. One setting differs from the MS MARCO
+profiles, which keep their published bits: ``encode.batch_order: tokens`` (batches by token count,
+less padding; ``--incremental`` profiles encode each text alone and need no order).
 
     python -m tasks.profile_init scifact --beir data/user/scifact
     python -m tasks.profile_init pairs --hf data/user/pairs --query-column anchor --positive-column positive
@@ -65,6 +67,8 @@ def profile_data(args: argparse.Namespace) -> dict[str, Any]:
         # a refresh of a changed corpus redoes only what changed, byte-identical to a full rebuild
         data["encode"] = {"addressing": "text"}
         data["mine"] = {"incremental": True}
+    else:  # batches by token count: ~8% less padding work than by characters (tasks.config)
+        data["encode"] = {"batch_order": "tokens"}
     ce_addressing = {"addressing": "pair"} if args.incremental else {}
     if args.smoke:
         # tiny random models built by the smoke_models stage from this corpus: figures mean nothing

@@ -252,3 +252,52 @@ def test_in_process_encode_pins_kernels_before_reading_the_model(models: TinyMod
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["AVX2", "24"], proc.stdout
+
+
+def test_batches_by_token_count_pad_less_and_are_keyed_apart(models: TinyModels, tmp_path: Path) -> None:
+    """``batch_order: tokens`` sorts by the tokenizer's count (not characters), so a batch pads to
+    nearly its own length; the embeddings stay the model's (rows in file order, fp16 noise apart);
+    its shards get their own keys while ``chars`` keeps the keys it always had."""
+    from sentence_transformers import SentenceTransformer
+
+    from tasks.encode import ShardSpec, batch_order, shard_key
+
+    model = SentenceTransformer(str(models.bi_cls_dot), device="cpu")
+    model.max_seq_length = 32
+    # character length and token count disagree: long words split into word pieces
+    texts = tuple(tiny_texts(60, seed=5)) + ("zqxjkvbwp" * 4, "a b", "xqzjv wkpbq zxqjv")
+    counts = model.tokenize(list(texts))["attention_mask"].sum(dim=1).tolist()
+
+    def padded(order: list[int], size: int = 8) -> int:
+        return sum(max(counts[i] for i in order[s : s + size]) * len(order[s : s + size])
+                   for s in range(0, len(order), size))  # fmt: skip
+
+    spec = ShardSpec("k", str(models.bi_cls_dot), None, 32, "cpu", "fp32", 8, texts)
+    by_chars = batch_order(model, spec)
+    by_tokens = batch_order(model, ShardSpec(**{**spec.__dict__, "batch_order": "tokens"}))
+    assert sorted(by_tokens) == list(range(len(texts)))
+    assert [counts[i] for i in by_tokens] == sorted(counts, reverse=True)
+    assert padded(by_tokens) < padded(by_chars)
+    with pytest.raises(ValueError, match="unknown batch order 'words'"):
+        batch_order(model, ShardSpec(**{**spec.__dict__, "batch_order": "words"}))
+
+    parts = _small(tmp_path)
+    system = DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=32)
+    chars = Encode(batch_size=16, shard_size=40, device="cpu", dtype="fp32")
+    tokens = Encode(batch_size=16, shard_size=40, device="cpu", dtype="fp32", batch_order="tokens")
+    run("s", system, chars, parts, tmp_path / "chars", tmp_path / "cache")
+    stats = run("s", system, tokens, parts, tmp_path / "tokens", tmp_path / "cache")
+    assert stats["computed"] == 5 and stats["reused"] == 0  # keyed apart from the chars shards
+    again = run("s", system, tokens, parts, tmp_path / "tokens-again", tmp_path / "cache")
+    assert again["computed"] == 0 and _tree(tmp_path / "tokens-again") == _tree(tmp_path / "tokens")
+    a, b = read_manifest(tmp_path / "chars"), read_manifest(tmp_path / "tokens")
+    assert "batch_order" not in a and b["batch_order"] == "tokens"
+    first = a["parts"]["corpus"]["shards"][0]
+    settings = {k: a[k] for k in ("revision", "max_seq_length", "device", "dtype", "cpu_kernels",
+                                  "batch_size", "format")}  # fmt: skip
+    settings["model"] = "local-dir"  # a local directory is keyed by its content hash alone
+    assert shard_key(settings, first["text_sha256"]) == first["key"]  # chars: the keys of before
+    for part in ("corpus", "train"):
+        x, y = load_part(tmp_path / "chars", part), load_part(tmp_path / "tokens", part)
+        assert x.ids.tolist() == y.ids.tolist()
+        np.testing.assert_allclose(x.load().astype(np.float32), y.load().astype(np.float32), atol=2e-3)
