@@ -165,8 +165,9 @@ def batch_order(model: Any, spec: ShardSpec) -> list[int]:
     """The order the texts are batched in: longest first, ties in text order.
 
     ``chars``: by character length, as sentence-transformers' ``encode`` sorts (the published
-    bits). ``tokens``: by the token count the model's own tokenizer gives (``model.tokenize``,
-    truncated at ``max_seq_length``), so texts of one batch pad to nearly the same length.
+    bits). ``tokens``: by the token count the model's own tokenizer gives (``model.preprocess``,
+    truncated at ``max_seq_length``; without a prompt, which adds the same tokens to every text),
+    so texts of one batch pad to nearly the same length.
     """
     texts = spec.texts
     if spec.batch_order == "chars":
@@ -175,9 +176,11 @@ def batch_order(model: Any, spec: ShardSpec) -> list[int]:
         raise ValueError(
             f"shard {spec.key[:12]}: unknown batch order {spec.batch_order!r} ({', '.join(BATCH_ORDERS)})"
         )
+    # sentence-transformers 6 renamed tokenize to preprocess (tokenize warns, then calls it)
+    preprocess = getattr(model, "preprocess", None) or model.tokenize
     lengths: list[int] = []
     for start in range(0, len(texts), 1024):  # a padded block at a time, never the whole shard
-        features = model.tokenize(list(texts[start : start + 1024]))
+        features = preprocess(list(texts[start : start + 1024]))
         if "attention_mask" not in features:
             raise ValueError(
                 f"{spec.model}: its tokenizer gives no attention_mask to count tokens by; "

@@ -266,7 +266,7 @@ def test_batches_by_token_count_pad_less_and_are_keyed_apart(models: TinyModels,
     model.max_seq_length = 32
     # character length and token count disagree: long words split into word pieces
     texts = tuple(tiny_texts(60, seed=5)) + ("zqxjkvbwp" * 4, "a b", "xqzjv wkpbq zxqjv")
-    counts = model.tokenize(list(texts))["attention_mask"].sum(dim=1).tolist()
+    counts = model.preprocess(list(texts))["attention_mask"].sum(dim=1).tolist()
 
     def padded(order: list[int], size: int = 8) -> int:
         return sum(max(counts[i] for i in order[s : s + size]) * len(order[s : s + size])
