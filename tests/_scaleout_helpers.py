@@ -265,9 +265,12 @@ def stage_world(root: Path, models: Any) -> StageWorld:
     )
 
 
-def stage_params(world: StageWorld, root: Path, **orchestration: Any) -> Path:
+def stage_params(
+    world: StageWorld, root: Path, encode: dict[str, Any] | None = None, **orchestration: Any
+) -> Path:
     """``root/params.yaml`` (sample profile) whose outputs and caches all live under ``root``,
-    reading ``world``'s inputs; ``orchestration`` overrides keys of that section."""
+    reading ``world``'s inputs; ``orchestration`` overrides keys of that section, ``encode`` of
+    the encode section."""
     from tasks.config import compose
 
     data = yaml.safe_load(compose("sample"))
@@ -281,7 +284,7 @@ def stage_params(world: StageWorld, root: Path, **orchestration: Any) -> Path:
         queries_dl19="queries.dl19.tsv",
     )
     data["systems"] = {"tiny": {"model": str(world.bi_encoder), "score": "cos", "max_seq_length": 64}}
-    data["encode"].update(batch_size=16, shard_size=64, device="cpu", dtype="fp32")
+    data["encode"].update(batch_size=16, shard_size=64, device="cpu", dtype="fp32", **(encode or {}))
     data["bm25"].update(threads=1, query_batch=4)  # 12 training queries: 3 shards
     data["mine"].update(top_k=10, eval_depth=20)
     data["cross_encoder"].update(

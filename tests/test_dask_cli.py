@@ -41,27 +41,35 @@ def cluster(request: pytest.FixtureRequest) -> DaskProcesses:
     return dask_cluster(request)
 
 
-# stage, its extra CLI args, the output dirs it writes (metrics hold timings: not compared)
+# stage, its extra CLI args, the output dirs it writes (metrics hold timings: not compared), and
+# encode settings (batch_order tokens: the batch_order helper travels to the workers too)
 STAGES = [
-    ("tasks.encode", ("--system", "tiny"), ("embeddings",)),
-    ("tasks.bm25_mine", (), ("negatives", "runs")),
-    ("tasks.score", (), ("scores", "out")),
-    ("tasks.rerank", (), ("runs/cross-encoder",)),
+    ("tasks.encode", ("--system", "tiny"), ("embeddings",), {}),
+    ("tasks.encode", ("--system", "tiny"), ("embeddings",), {"batch_order": "tokens"}),
+    ("tasks.bm25_mine", (), ("negatives", "runs"), {}),
+    ("tasks.score", (), ("scores", "out"), {}),
+    ("tasks.rerank", (), ("runs/cross-encoder",), {}),
 ]
 
 
-@pytest.mark.parametrize(("module", "args", "outputs"), STAGES, ids=[s[0] for s in STAGES])
+@pytest.mark.parametrize(
+    ("module", "args", "outputs", "encode"), STAGES,
+    ids=[s[0] + "".join(f"-{v}" for v in s[3].values()) for s in STAGES],
+)  # fmt: skip
 def test_stage_cli_on_dask_cluster_matches_local(
-    module: str, args: tuple[str, ...], outputs: tuple[str, ...], world: StageWorld, cluster: DaskProcesses,
-    tmp_path: Path,
+    module: str, args: tuple[str, ...], outputs: tuple[str, ...], encode: dict[str, str],
+    world: StageWorld, cluster: DaskProcesses, tmp_path: Path,
 ) -> None:  # fmt: skip
     # the local reference in-process (how it is started does not change its bytes; saves an import
     # of torch) with the worker's one torch thread; the Dask run exactly as a user starts it
     main = importlib.import_module(module).main
+    local = stage_params(world, tmp_path / "local", encode, local_workers=1)
     with one_torch_thread():
-        assert main(["--params", str(stage_params(world, tmp_path / "local", local_workers=1)), *args]) == 0
+        assert main(["--params", str(local), *args]) == 0
     since = time.time()
-    remote = run_cli(module, stage_params(world, tmp_path / "dask", dask_address=cluster.address), *args)
+    remote = run_cli(
+        module, stage_params(world, tmp_path / "dask", encode, dask_address=cluster.address), *args
+    )
     assert remote.returncode == 0, remote.stderr[-3000:] + cluster.logs()
     assert f"shards run on {cluster.address}" in remote.stderr
     ran = cluster.task_names(since)
@@ -70,6 +78,11 @@ def test_stage_cli_on_dask_cluster_matches_local(
         files = tree_bytes(tmp_path / "local" / out)
         assert files, f"{module} wrote nothing under {out}/"
         assert tree_bytes(tmp_path / "dask" / out) == files, out
+    if encode:
+        assert (
+            '"batch_order": "tokens"'
+            in (tmp_path / "dask" / "embeddings" / "tiny" / "manifest.json").read_text()
+        )
 
 
 def test_ping_runs_a_probe_on_every_worker(world: StageWorld, cluster: DaskProcesses, tmp_path: Path) -> None:
