@@ -320,12 +320,10 @@ def read_candidates(path: str | Path, depth: int) -> Candidates:
     order = np.lexsort((run.pid, run.rank, run.qid))  # by query, then rank, ties by pid
     qid, pid = run.qid[order], run.pid[order]
     starts = np.flatnonzero(np.r_[True, qid[1:] != qid[:-1]]) if len(qid) else np.zeros(0, np.int64)
-    place = np.arange(len(qid)) - np.repeat(starts, np.diff(np.r_[starts, len(qid)]))
-    keep = place < depth
-    qid, pid = qid[keep], pid[keep]
-    bounds = np.flatnonzero(np.r_[True, qid[1:] != qid[:-1]]) if len(qid) else np.zeros(0, np.int64)
-    cut = {
-        int(q): part.tolist() for q, part in zip(qid[bounds].tolist(), np.split(pid, bounds[1:]), strict=True)
+    sizes = np.diff(np.r_[starts, len(qid)])
+    cut = {  # each query's first min(size, depth) pids
+        int(qid[s]): pid[s : s + k].tolist()
+        for s, k in zip(starts.tolist(), np.minimum(sizes, depth).tolist(), strict=True)
     }
     return Candidates(path, True, depth, len(run.qid), cut)
 
