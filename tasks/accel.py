@@ -31,18 +31,24 @@ Reproducibility, AVX2 branch, strict mode). What that guarantees, and what it do
   dropping the thread-count condition for its gemm family; ATen and oneDNN run the same AVX2
   kernels). Measured on an Intel Xeon with AMX/AVX-512: sgemm and tanh/exp/erf bits change
   with ``MKL_CBWR``, and a 4096x1024 @ 1024x1024 sgemm takes 29 ms default, 42 ms with AVX2.
-- AMD CPUs with AVX2: ATen and oneDNN are pinned as above and MKL runs its AVX2 CNR branch, but
-  Intel documents identical Intel/non-Intel results only for ``MKL_CBWR=COMPATIBLE``, so bits equal
-  to an Intel machine's are expected, not guaranteed; not verified (no AMD machine was at hand when
-  MKL was pinned; caches and pickles written on AMD before that, e.g. the sample's CE scores recorded
-  in ``dvc.lock``, came from MKL's default branch and differ from an Intel machine's).
-  ``COMPATIBLE`` (SSE2) is not chosen: 3.7x slower than ``AVX2`` on the sgemm above (109 ms).
+- Other CPUs with AVX2 (AMD): ATen and oneDNN are pinned as above, but MKL runs Intel's named
+  branches on Intel CPUs only (``mkl_serv_intel_cpu_true``); elsewhere it takes ``AUTO`` in their
+  place, still in strict mode (``mkl_cbwr_get`` then says ``AUTO,STRICT``, 0x10002).
+  Measured on a 2-core AMD EPYC (family 25, model 17, AVX-512 and AVX512-BF16), 2026-12-03: the
+  sample profile's embeddings and dense negatives came out byte-identical to an Intel Xeon's, its
+  cross-encoder scores did not (11 of 46 outs differed, all downstream of ``score``). So the
+  bits are those of that CPU model, run to run and for any thread count, not an Intel machine's:
+  :func:`kernels_id` names the CPU (``+MKL_AUTO@AuthenticAMD-25-17``) and caches computed there are
+  never mixed with another CPU's, and a worker whose CPU would compute other bits than the ones
+  its driver's keys name refuses (:func:`pin_cpu_kernels` ``expect``). ``COMPATIBLE``, the one
+  branch Intel documents as giving the same results on Intel and other CPUs, is not chosen: 3.7x
+  slower than ``AVX2`` on the sgemm above (109 ms; 2.3x on the AMD EPYC).
 - A torch without MKL (:func:`mkl_in_use` False) ignores ``MKL_CBWR``; ATen and oneDNN stay pinned.
 
 Caches never mix bits from before and after a change of these settings: keys record
-:func:`kernels_id` (``avx2+MKL_CBWR=AVX2,STRICT`` today, derived from :data:`KERNEL_ENV`), not the bare
-name. ``native`` lets each CPU use its widest kernels (its fp32 bits then agree with others' only
-within a tolerance).
+:func:`kernels_id` (``avx2+MKL_CBWR=AVX2,STRICT`` today on Intel, derived from :data:`KERNEL_ENV`,
+plus the CPU elsewhere), not the bare name. ``native`` lets each CPU use its widest kernels (its
+fp32 bits then agree with others' only within a tolerance).
 
 Threads: torch uses every core this process may run on (``sched_getaffinity``), unless
 ``OMP_NUM_THREADS`` says otherwise. Why ``STRICT``: without it the thread state changed fp32 bits.
@@ -84,7 +90,10 @@ KEYED_AS_NAME = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "
 # mkl_cbwr_get(MKL_CBWR_ALL) codes (mkl_service.h: the branch, | MKL_CBWR_STRICT 0x10000) of the
 # MKL_CBWR values KERNEL_ENV uses
 MKL_CBWR_ALL = -1  # ~0
-MKL_CBWR_CODES = {"AVX2": 10, "AVX2,STRICT": 0x10000 | 10}
+MKL_CBWR_STRICT = 0x10000
+MKL_CBWR_AUTO = 2  # what MKL runs in place of a named branch on a CPU it does not take for Intel
+MKL_CBWR_CODES = {"AVX2": 10, "AVX2,STRICT": MKL_CBWR_STRICT | 10}
+INTEL_VENDOR = "GenuineIntel"
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,38 @@ def cpu_flags(cpuinfo: str | Path = PROC_CPUINFO) -> frozenset[str]:
     return frozenset()
 
 
+@cache
+def cpu_signature(cpuinfo: str | Path = PROC_CPUINFO) -> str:
+    """``vendor-family-model`` of the first CPU in ``/proc/cpuinfo`` (or another file in its format),
+    e.g. ``AuthenticAMD-25-17``; the parts it lacks are ``unknown`` (no such file: all three)."""
+    path = Path(cpuinfo)
+    fields: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    parts = (fields.get("vendor_id"), fields.get("cpu family"), fields.get("model"))
+    return "-".join(part or "unknown" for part in parts)
+
+
+def mkl_takes_named_branches(cpuinfo: str | Path = PROC_CPUINFO) -> bool:
+    """Whether MKL runs a named CNR branch (``MKL_CBWR=AVX2``) here: on Intel CPUs only.
+
+    Read from ``/proc/cpuinfo`` (cheap, no torch), and checked against MKL's own answer when the
+    kernels are pinned (:func:`pin_cpu_kernels`)."""
+    return cpu_signature(cpuinfo).split("-")[0] == INTEL_VENDOR
+
+
+def expected_mkl_code(value: str, named_branches: bool) -> int:
+    """The ``mkl_cbwr_get`` code that ``MKL_CBWR=value`` gives: the named branch where MKL takes
+    named branches, else ``AUTO``; the strict bit either way (measured on an AMD EPYC: ``AVX2,STRICT``
+    reads 0x10002, ``AVX2`` 2)."""
+    code = MKL_CBWR_CODES[value]
+    return code if named_branches else (code & MKL_CBWR_STRICT) | MKL_CBWR_AUTO
+
+
 def torch_cpu_capability() -> str:
     """The ATen CPU capability torch dispatches to (``DEFAULT``, ``AVX2``, ``AVX512``, ...).
 
@@ -137,13 +178,20 @@ def cpu_has_bf16(flags: Iterable[str] | None = None, capability: str | None = No
     return "AMX" in cap or "BF16" in cap
 
 
-def kernels_id(kernels: str | None, env: dict[str, dict[str, str]] | None = None) -> str | None:
+def kernels_id(
+    kernels: str | None,
+    env: dict[str, dict[str, str]] | None = None,
+    cpuinfo: str | Path = PROC_CPUINFO,
+) -> str | None:
     """The identity of a kernel set as cache keys and manifests record it.
 
     ``native`` and ``None`` (CUDA) are themselves; a portable set is its name plus what its
     environment (``env``, default :data:`KERNEL_ENV`) adds to or changes from what the bare name
-    meant in earlier keys (:data:`KEYED_AS_NAME`), e.g. ``avx2+MKL_CBWR=AVX2``, so any change of
-    the settings gives new keys and shards computed before it are never reused.
+    meant in earlier keys (:data:`KEYED_AS_NAME`), e.g. ``avx2+MKL_CBWR=AVX2,STRICT``, so any change
+    of the settings gives new keys and shards computed before it are never reused. Where the set
+    pins ``MKL_CBWR`` and MKL cannot honour a named branch (a CPU that is not Intel's, read from
+    ``cpuinfo``), the CPU it runs ``AUTO`` on is added, e.g. ``+MKL_AUTO@AuthenticAMD-25-17``: its
+    bits are that CPU model's, not an Intel machine's (module docstring).
     """
     table = KERNEL_ENV if env is None else env
     if kernels is None or kernels not in table:
@@ -151,7 +199,12 @@ def kernels_id(kernels: str | None, env: dict[str, dict[str, str]] | None = None
     now, then = table[kernels], KEYED_AS_NAME.get(kernels, {})
     added = [f"+{k}={v}" for k, v in sorted(now.items()) if then.get(k) != v]
     removed = [f"-{k}" for k in sorted(then) if k not in now]
-    return kernels + "".join(added + removed)
+    cpu = (
+        []
+        if "MKL_CBWR" not in now or mkl_takes_named_branches(cpuinfo)
+        else [f"+MKL_AUTO@{cpu_signature(cpuinfo)}"]
+    )
+    return kernels + "".join(added + removed + cpu)
 
 
 def mkl_in_use() -> bool:
@@ -181,17 +234,45 @@ def mkl_cbwr_branch() -> int | None:
     return None
 
 
-def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
+def mkl_intel_cpu() -> bool | None:
+    """MKL's own answer to whether this is an Intel CPU (``mkl_serv_intel_cpu_true``: it runs named
+    CNR branches only there), or ``None`` where torch's MKL does not export it."""
+    import ctypes
+
+    import torch
+
+    if not mkl_in_use():
+        return None
+    for lib in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu*")):
+        try:
+            ask = ctypes.CDLL(str(lib)).mkl_serv_intel_cpu_true
+        except (OSError, AttributeError):
+            continue
+        ask.restype, ask.argtypes = ctypes.c_int, []
+        return bool(ask())
+    return None
+
+
+def pin_cpu_kernels(
+    kernels: str,
+    flags: Iterable[str] | None = None,
+    *,
+    expect: str | None = None,
+    cpuinfo: str | Path = PROC_CPUINFO,
+) -> str:
     """Make this process run torch's CPU kernels of ``kernels``; returns the ATen capability in force.
 
-    ``avx2``: the AVX2 kernels of ATen and oneDNN and MKL's AVX2 CNR branch, whatever the CPU's
-    widest instruction set (the guarantees, Intel vs AMD, are in the module docstring). The
+    ``avx2``: the AVX2 kernels of ATen and oneDNN and MKL's AVX2 CNR branch (``AUTO`` on a CPU
+    that is not Intel's: the guarantees are in the module docstring), whatever the CPU's
+    widest instruction set. The
     settings are environment variables that ATen, oneDNN and MKL read once, at their first use;
     setting them here (before any model runs)
     also hands them to worker processes started afterwards. A process whose kernels were
     already chosen otherwise (a long-lived Dask worker that ran torch before) raises rather
     than compute other bits. ``native``: the CPU's own widest kernels (changes nothing).
-    ``flags``: the CPU's cpuinfo flags (default: this machine's).
+    ``flags``: the CPU's cpuinfo flags (default: this machine's); ``cpuinfo``: the file naming
+    its vendor and model. ``expect``: the :func:`kernels_id` the caller's cache keys name (a
+    worker gets its driver's): a CPU here that would compute other bits raises instead.
     """
     if kernels == "native":
         return torch_cpu_capability()
@@ -203,24 +284,39 @@ def pin_cpu_kernels(kernels: str, flags: Iterable[str] | None = None) -> str:
             "cpu_kernels: avx2 needs an x86-64 CPU with AVX2, and this CPU reports none; set "
             "encode.cpu_kernels / cross_encoder.cpu_kernels: native (fp32 bits then depend on the CPU)"
         )
+    # imported here: benchmarks/gpu_check.py imports this module where tasks.io's
+    # dependencies (isal) may be missing, and must name those itself
+    from tasks.io import EnvironmentMismatch  # the stage CLIs report it in one line, exit 3
+
+    here = kernels_id(kernels, cpuinfo=cpuinfo)
+    if expect is not None and expect != here:
+        raise EnvironmentMismatch(
+            f"this process's CPU ({cpu_signature(cpuinfo)}) computes the fp32 bits of {here}, and the "
+            f"run's cache keys name {expect}: run every worker on CPUs of the driver's kind (any Intel "
+            "CPU with AVX2, or one model of another vendor's), or set cpu_kernels: native"
+        )
     env = KERNEL_ENV[kernels]
     for var, value in env.items():
         os.environ[var] = value
     capability = torch_cpu_capability()
     branch = mkl_cbwr_branch()  # None: no MKL (MKL_CBWR is then moot) or no way to ask it
-    in_force = capability == kernels.upper() and branch in (None, MKL_CBWR_CODES[env["MKL_CBWR"]])
-    if not in_force:
-        # imported here: benchmarks/gpu_check.py imports this module where tasks.io's
-        # dependencies (isal) may be missing, and must name those itself
-        from tasks.io import EnvironmentMismatch  # the stage CLIs report it in one line, exit 3
-
+    named = mkl_takes_named_branches(cpuinfo)
+    intel = mkl_intel_cpu()
+    if intel is not None and intel != named:
         raise EnvironmentMismatch(
-            f"this process already runs torch's {capability} CPU kernels (MKL branch {branch}), so "
-            f"cpu_kernels: {kernels} cannot be honoured here; start it (e.g. `dask worker`) with "
+            f"MKL {'takes' if intel else 'does not take'} this CPU for Intel's, and {cpuinfo} says "
+            f"{cpu_signature(cpuinfo)}: cache keys would misname its fp32 bits; set cpu_kernels: native"
+        )
+    expected = None if branch is None else expected_mkl_code(env["MKL_CBWR"], named)
+    if capability != kernels.upper() or branch != expected:
+        raise EnvironmentMismatch(
+            f"this process already runs torch's {capability} CPU kernels (MKL branch {branch}, "
+            f"pinned would read {expected}), so cpu_kernels: {kernels} cannot be honoured here; start "
+            "it (e.g. `dask worker`) with "
             + " ".join(f"{k}={v}" for k, v in env.items())
             + ", or set cpu_kernels: native"
         )
-    log.debug("cpu kernels %s: ATen %s, MKL branch %s", kernels_id(kernels), capability, branch)
+    log.debug("cpu kernels %s: ATen %s, MKL branch %s", here, capability, branch)
     return capability
 
 

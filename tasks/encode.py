@@ -128,6 +128,7 @@ class ShardSpec:
     method: str = "encode"  # encode (no prompt passed) | encode_query | encode_document
     prompt: str | None = None  # the resolved prompt text the two prompted methods are given
     batch_order: str = "chars"  # chars | tokens: what the batches are sorted by (encode.batch_order)
+    kernels_key: str | None = None  # the driver's tasks.accel.kernels_id: a worker on another CPU refuses
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ _MODELS: dict[tuple, Any] = {}
 
 def _load_model(spec: ShardSpec):
     ident = (spec.model, spec.revision, spec.max_seq_length, spec.device, spec.dtype)
-    if spec.cpu_kernels is not None:
-        pin_cpu_kernels(spec.cpu_kernels)  # before the model runs: the same fp32 bits on any CPU
+    if spec.cpu_kernels is not None:  # before the model runs, and the bits the keys name
+        pin_cpu_kernels(spec.cpu_kernels, expect=spec.kernels_key)
     if ident not in _MODELS:
         from sentence_transformers import SentenceTransformer
 
@@ -496,7 +497,7 @@ def run(
                 spec = ShardSpec(key, location, load_revision, enc.max_seq_length,
                                  accel.device, accel.dtype, encode.batch_size, texts,
                                  cpu_kernels, **_spec_method(methods[part]),
-                                 batch_order=encode.batch_order)  # fmt: skip
+                                 batch_order=encode.batch_order, kernels_key=base["cpu_kernels"])  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)
                 else:
@@ -605,7 +606,7 @@ def _run_texts(
         queue.buffer = {}
         spec = ShardSpec(_unit_key(queue, keys), location, load_revision, enc.max_seq_length,
                          accel.device, accel.dtype, 1, texts, cpu_kernels,
-                         **_spec_method(queue.fields))  # fmt: skip
+                         **_spec_method(queue.fields), kernels_key=base["cpu_kernels"])  # fmt: skip
         if inline:
             fut = executor_.submit(encode_shard, spec, progress=bar.update)
         else:

@@ -129,6 +129,9 @@ class ModelSpec:
     dtype: str = "fp32"
     cpu_kernels: str | None = "avx2"  # tasks.accel.pin_cpu_kernels on CPU; None on CUDA
     addressing: str = "shard"  # "pair": every pair scored alone (batch of one), cached by its texts
+    # the driver's tasks.accel.kernels_id (keys record it as cpu_kernels): a worker on a CPU that
+    # would compute other bits refuses; not part of the spec's identity
+    kernels_key: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_cfg(cls, ce: CrossEncoderCfg, model_path: str | None = None, accel: Any = None) -> ModelSpec:
@@ -138,6 +141,9 @@ class ModelSpec:
             from tasks.accel import resolve
 
             accel = resolve(ce.device, ce.dtype)
+        from tasks.accel import kernels_id
+
+        cpu_kernels = ce.cpu_kernels if accel.device == "cpu" else None
         return cls(
             model=model_path or ce.model,
             revision=ce.revision,
@@ -146,8 +152,9 @@ class ModelSpec:
             backend=ce.backend,
             device=accel.device,
             dtype=accel.dtype,
-            cpu_kernels=ce.cpu_kernels if accel.device == "cpu" else None,
+            cpu_kernels=cpu_kernels,
             addressing=ce.addressing,
+            kernels_key=kernels_id(cpu_kernels),
         )
 
 
@@ -211,7 +218,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, threading.Lock]:
         if spec.cpu_kernels is not None:
             from tasks.accel import pin_cpu_kernels
 
-            pin_cpu_kernels(spec.cpu_kernels)  # before the model runs: the same fp32 bits on any CPU
+            pin_cpu_kernels(spec.cpu_kernels, expect=spec.kernels_key)  # before the model runs
         if spec.backend != "torch" and accel.device != "cpu":
             raise ValueError(
                 f"cross_encoder.backend={spec.backend!r} is a CPU option; set cross_encoder.device: cpu "
@@ -364,6 +371,7 @@ def model_identity(model: ModelSpec) -> dict[str, Any]:
     from tasks.accel import kernels_id
 
     ident = asdict(model)
+    ident.pop("kernels_key")  # recorded below as cpu_kernels
     if model.addressing == "pair":
         ident.pop("batch_size")  # pairs are scored alone: the batch size changes nothing
     else:

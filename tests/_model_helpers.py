@@ -46,6 +46,21 @@ class TinyModels:
     cross_encoder: Path
 
 
+def cpu_suffix() -> str:
+    """What ``tasks.accel.kernels_id("avx2")`` adds to the Intel key on this CPU, written out (not
+    imported) so a change to the key formula fails the key tests: nothing on an Intel CPU, the CPU
+    MKL runs ``AUTO`` on elsewhere."""
+    fields = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if fields.get("vendor_id") == "GenuineIntel":
+        return ""
+    return "+MKL_AUTO@" + "-".join(fields.get(k) or "unknown" for k in ("vendor_id", "cpu family", "model"))
+
+
 def tiny_texts(n: int, seed: int = 0, min_len: int = 3, max_len: int = 40) -> list[str]:
     """``n`` deterministic pseudo-sentences of varied length over a small vocabulary."""
     rng = random.Random(seed)

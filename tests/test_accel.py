@@ -8,11 +8,13 @@ AMD EPYC with AVX512-BF16 (where ``auto`` picks bf16) and an AVX2-only one (fp32
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tasks.accel import cpu_flags, cpu_has_bf16, resolve
+from tests._model_helpers import cpu_suffix
 
 AVX512_BF16 = "fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16"
 AVX2_ONLY = "fpu sse2 avx avx2 fma bmi2"
@@ -156,20 +158,23 @@ def test_kernels_are_part_of_the_cross_encoder_identity() -> None:
     from tasks.score import ModelSpec, model_identity
 
     avx2, native = ModelSpec("org/ce", "a" * 40), ModelSpec("org/ce", "a" * 40, cpu_kernels="native")
-    assert model_identity(avx2)["cpu_kernels"] == "avx2+MKL_CBWR=AVX2,STRICT"
+    assert model_identity(avx2)["cpu_kernels"] == "avx2+MKL_CBWR=AVX2,STRICT" + cpu_suffix()
     assert model_identity(native)["cpu_kernels"] == "native"
     assert model_identity(avx2) != model_identity(native)
 
 
-def test_kernels_id_follows_kernel_env() -> None:
-    """Any change of what a kernel set sets gives a new id (so new cache keys); native stays."""
+def test_kernels_id_follows_kernel_env(tmp_path: Path) -> None:
+    """Any change of what a kernel set sets gives a new id (so new cache keys); native stays.
+    (On an Intel CPU; what other CPUs add: test_kernel_identity_names_the_cpu_where_mkl_runs_auto.)"""
     from tasks.accel import KERNEL_ENV, KEYED_AS_NAME, kernels_id
 
-    assert kernels_id("avx2") == "avx2+MKL_CBWR=AVX2,STRICT" and kernels_id("native") == "native"
-    assert kernels_id(None) is None
+    intel = tmp_path / "cpuinfo"
+    intel.write_text(INTEL_XEON)
+    assert kernels_id("avx2", cpuinfo=intel) == "avx2+MKL_CBWR=AVX2,STRICT"
+    assert kernels_id("native") == "native" and kernels_id(None) is None
     assert kernels_id("avx2", KEYED_AS_NAME) == "avx2"  # what keys said before MKL was pinned
     changed = {"avx2": {**KERNEL_ENV["avx2"], "MKL_CBWR": "COMPATIBLE"}}
-    assert kernels_id("avx2", changed) == "avx2+MKL_CBWR=COMPATIBLE"
+    assert kernels_id("avx2", changed, cpuinfo=intel) == "avx2+MKL_CBWR=COMPATIBLE"
     dropped = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2"}}
     assert kernels_id("avx2", dropped) == "avx2-ONEDNN_MAX_CPU_ISA"
 
@@ -207,7 +212,7 @@ def _mkl_probe(mode: str, env_extra: dict[str, str]) -> str:
 def test_pinning_sets_mkl_cbwr_and_gives_mkl_avx2_bits() -> None:
     """pin("avx2") computes the bits of a process started with MKL_CBWR=AVX2,STRICT; where MKL's own
     branch is wider (AVX-512), those differ from an unpinned MKL's."""
-    from tasks.accel import mkl_in_use
+    from tasks.accel import mkl_in_use, mkl_takes_named_branches
 
     if not mkl_in_use():
         pytest.skip("this torch has no MKL")
@@ -215,6 +220,8 @@ def test_pinning_sets_mkl_cbwr_and_gives_mkl_avx2_bits() -> None:
     pinned = _mkl_probe("pin", {})
     assert pinned.startswith("AVX2,STRICT ")
     assert pinned == _mkl_probe("plain", {**aten, "MKL_CBWR": "AVX2,STRICT"})
+    if not mkl_takes_named_branches():
+        pytest.skip("MKL runs AUTO here (not an Intel CPU): pinned and unpinned MKL are the same branch")
     if "avx512f" not in cpu_flags():
         pytest.skip("MKL's default branch here is AVX2 at most: no difference to show")
     assert pinned.split()[1] != _mkl_probe("plain", aten).split()[1]
@@ -275,14 +282,16 @@ def test_pinned_kernels_give_the_same_bits_whatever_the_thread_setup() -> None:
     OMP_NUM_THREADS or torch.set_num_threads) must not change fp32 bits. It did under
     MKL_CBWR=AVX2: attention after set_num_threads(2) differed from a fresh 2-thread process's
     (a 2-core Intel Xeon); MKL's strict CNR mode is what makes them agree."""
-    from tasks.accel import MKL_CBWR_CODES, mkl_in_use
+    from tasks.accel import expected_mkl_code, mkl_in_use, mkl_takes_named_branches
 
     if not mkl_in_use():
         pytest.skip("this torch has no MKL")
     setups = [("fresh", "2"), ("2", "2"), ("1", "2"), ("fresh", "1"), ("2", "1")]
     got = {setup: _threads_probe("pin", *setup) for setup in setups}
     assert len(set(got.values())) == 1, got
-    assert next(iter(got.values())).split()[0] == str(MKL_CBWR_CODES["AVX2,STRICT"])
+    # the named AVX2 branch on an Intel CPU, AUTO elsewhere: strict either way
+    code = expected_mkl_code("AVX2,STRICT", mkl_takes_named_branches())
+    assert next(iter(got.values())).split()[0] == str(code) and code & 0x10000
 
 
 def test_a_stage_whose_kernels_were_chosen_otherwise_exits_3_in_one_line() -> None:
@@ -303,3 +312,88 @@ def test_a_stage_whose_kernels_were_chosen_otherwise_exits_3_in_one_line() -> No
                           timeout=120)  # fmt: skip
     assert proc.returncode == 3, proc.stderr
     assert "cannot be honoured here" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+INTEL_XEON = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n\nprocessor\t: 1\n"
+AMD_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n\nprocessor\t: 1\n"
+
+
+def test_kernel_identity_names_the_cpu_where_mkl_runs_auto(tmp_path: Path) -> None:
+    """Detection both ways, whatever this machine is: an Intel CPU keeps the key of before (MKL's
+    named AVX2 branch, the same bits on every Intel AVX2 CPU); another vendor's runs MKL's AUTO
+    branch, whose bits are that CPU model's, so its key names the CPU."""
+    from tasks.accel import (
+        MKL_CBWR_CODES,
+        cpu_signature,
+        expected_mkl_code,
+        kernels_id,
+        mkl_takes_named_branches,
+    )
+
+    intel, amd = tmp_path / "intel", tmp_path / "amd"
+    intel.write_text(INTEL_XEON)
+    amd.write_text(AMD_EPYC)
+    (tmp_path / "bare").write_text("processor\t: 0\nflags\t\t: avx2\n")
+    assert cpu_signature(intel) == "GenuineIntel-6-143" and cpu_signature(amd) == "AuthenticAMD-25-17"
+    assert cpu_signature(tmp_path / "bare") == "unknown-unknown-unknown"
+    assert cpu_signature(tmp_path / "absent") == "unknown-unknown-unknown"
+    assert mkl_takes_named_branches(intel) and not mkl_takes_named_branches(amd)
+    assert not mkl_takes_named_branches(tmp_path / "bare")  # unknown: not taken for Intel
+    assert kernels_id("avx2", cpuinfo=intel) == "avx2+MKL_CBWR=AVX2,STRICT"
+    assert kernels_id("avx2", cpuinfo=amd) == "avx2+MKL_CBWR=AVX2,STRICT+MKL_AUTO@AuthenticAMD-25-17"
+    assert kernels_id("native", cpuinfo=amd) == "native" and kernels_id(None, cpuinfo=amd) is None
+    no_mkl = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    assert kernels_id("avx2", no_mkl, cpuinfo=amd) == "avx2"  # MKL not pinned: its branch is moot
+    # measured on an AMD EPYC: AVX2,STRICT reads 0x10002 (AUTO, strict), AVX2 reads 2
+    assert expected_mkl_code("AVX2,STRICT", True) == MKL_CBWR_CODES["AVX2,STRICT"] == 0x1000A
+    assert expected_mkl_code("AVX2,STRICT", False) == 0x10002
+    assert expected_mkl_code("AVX2", True) == 10 and expected_mkl_code("AVX2", False) == 2
+
+
+VENDOR_PROBE = """
+import sys
+from tasks.accel import mkl_cbwr_branch, pin_cpu_kernels
+from tasks.cli import report_errors
+expect = sys.argv[2] or None
+sys.exit(report_errors(lambda: print("pinned", pin_cpu_kernels("avx2", cpuinfo=sys.argv[1], expect=expect),
+                                     mkl_cbwr_branch())))
+"""
+
+
+def _pin_probe(cpuinfo: Path, expect: str = "") -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+    }
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-c", VENDOR_PROBE, str(cpuinfo), expect], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_pinning_checks_mkl_agrees_with_cpuinfo_and_the_drivers_keys(tmp_path: Path) -> None:
+    """In fresh processes, both ways: this machine's own cpuinfo pins (Intel or not); a cpuinfo of
+    the other vendor than MKL sees is refused (its keys would misname the bits); a worker whose
+    CPU would compute other bits than its driver's keys name refuses, exit 3, in one line."""
+    from tasks.accel import PROC_CPUINFO, expected_mkl_code, kernels_id, mkl_in_use, mkl_intel_cpu
+
+    if not mkl_in_use() or mkl_intel_cpu() is None:
+        pytest.skip("this torch has no MKL to ask")
+    intel = mkl_intel_cpu()
+    ours = _pin_probe(Path(PROC_CPUINFO), kernels_id("avx2"))
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split() == ["pinned", "AVX2", str(expected_mkl_code("AVX2,STRICT", bool(intel)))]
+    other = tmp_path / "other"
+    other.write_text(AMD_EPYC if intel else INTEL_XEON)
+    lied = _pin_probe(other)
+    assert lied.returncode == 3 and "cache keys would misname its fp32 bits" in lied.stderr, lied.stderr
+    assert "Traceback" not in lied.stderr
+    foreign = kernels_id("avx2", cpuinfo=other)  # what a driver on the other vendor's CPU records
+    refused = _pin_probe(Path(PROC_CPUINFO), foreign)
+    assert refused.returncode == 3 and f"the run's cache keys name {foreign}" in refused.stderr, (
+        refused.stderr
+    )
+    assert "Traceback" not in refused.stderr

@@ -14,7 +14,7 @@ from tasks.config import DenseSystem, Encode
 from tasks.encode import encode_shard, load_part, read_manifest, run
 from tasks.records import read_collection, write_id_text
 from tests._dense_helpers import EncodedSample, encoded_sample
-from tests._model_helpers import TINY_PARAMS, TinyModels, tiny_models, tiny_texts
+from tests._model_helpers import TINY_PARAMS, TinyModels, cpu_suffix, tiny_models, tiny_texts
 
 
 @pytest.fixture(scope="session")
@@ -193,7 +193,7 @@ def test_unpinned_hub_model_is_keyed_by_its_offline_snapshot(models: TinyModels,
     # a hub system as the msmarco profile writes it (explicit score and length, no prompts): its
     # config is read from the offline snapshot and the keys are those of the code before prompts
     base = {"model": "smoke-org/tiny-bi", "revision": COMMIT, "max_seq_length": 32, "device": "cpu",
-            "dtype": "fp32", "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT", "batch_size": 8,
+            "dtype": "fp32", "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT" + cpu_suffix(), "batch_size": 8,
             "format": 1}  # fmt: skip
     for shard in manifest["parts"]["corpus"]["shards"]:
         legacy = json.dumps({**base, "text_sha256": shard["text_sha256"]}, sort_keys=True).encode()

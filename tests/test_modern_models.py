@@ -22,7 +22,7 @@ from tasks.io import DataError
 from tasks.models import model_revision, resolve_encoding
 from tasks.records import read_collection, read_queries, write_id_text
 from tests._dense_helpers import EncodedSample, encoded_sample
-from tests._model_helpers import TINY_PARAMS, TinyModels, tiny_models, tiny_texts
+from tests._model_helpers import TINY_PARAMS, TinyModels, cpu_suffix, tiny_models, tiny_texts
 
 PROMPTS = {"query": "query: ", "document": "passage: "}
 ENC = Encode(batch_size=16, shard_size=40, device="cpu", dtype="fp32")
@@ -89,7 +89,7 @@ def _legacy_keys(model_dir: Path, parts: dict[str, Path], max_seq_length: int) -
         "max_seq_length": max_seq_length,
         "device": "cpu",
         "dtype": "fp32",
-        "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT",  # tasks.accel.kernels_id("avx2")
+        "cpu_kernels": "avx2+MKL_CBWR=AVX2,STRICT" + cpu_suffix(),  # tasks.accel.kernels_id("avx2")
         "batch_size": ENC.batch_size,
         "format": 1,
     }

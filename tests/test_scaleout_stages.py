@@ -5,8 +5,11 @@ tests/test_dask_cli.py runs the same stages through their CLIs, as users do."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tasks import encode, score
@@ -104,3 +107,41 @@ def test_bm25_mining_on_dask_matches_local(dask_orch, tmp_path: Path):
         remote = run(tmp_path / "dask", ex)
     assert local == remote and local["train_hits"] > 0
     assert _files(tmp_path / "local") == _files(tmp_path / "dask")
+
+
+def test_a_worker_on_another_cpu_refuses_the_drivers_keys(models, dask_orch, tmp_path: Path):
+    """A cluster of mixed CPUs must not put two CPUs' fp32 bits under one key: a worker whose CPU
+    computes other bits than the ones its driver's keys name (here: a driver on the other vendor's
+    CPU than this one) refuses in the real worker process, for encode and score shards alike."""
+    from tasks.accel import kernels_id, mkl_takes_named_branches
+    from tasks.io import EnvironmentMismatch
+
+    other = tmp_path / "cpuinfo"
+    vendor, family, model = (
+        ("AuthenticAMD", 25, 17) if mkl_takes_named_branches() else ("GenuineIntel", 6, 143)
+    )
+    other.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n")
+    foreign = kernels_id("avx2", cpuinfo=other)
+    assert foreign != kernels_id("avx2")
+    spec = encode.ShardSpec("k", str(models.bi_mean_cos), None, 64, "cpu", "fp32", 8, ("a text",),
+                            kernels_key=foreign)  # fmt: skip
+    ce = score.ModelSpec(str(models.cross_encoder), max_length=64, kernels_key=foreign)
+    pairs = score.ShardSpec(0, ce, np.array([1]), np.array([2]), ["a query"], ["a passage"])
+    with executor(dask_orch) as ex:
+        for fn, arg in ((encode.encode_shard, spec), (score.score_shard, pairs)):
+            with pytest.raises(EnvironmentMismatch, match=f"the run's cache keys name {re.escape(foreign)}"):
+                ex.submit(fn, arg).result()
+    # the same specs with this CPU's own keys run (the worker was not spoiled by the refusals)
+    here = kernels_id("avx2")
+    with executor(dask_orch) as ex:
+        assert (
+            ex.submit(encode.encode_shard, replace(spec, kernels_key=here)).result().embeddings.shape[0] == 1
+        )
+        assert (
+            len(
+                ex.submit(score.score_shard, replace(pairs, model=replace(ce, kernels_key=here)))
+                .result()
+                .scores
+            )
+            == 1
+        )
