@@ -496,8 +496,8 @@ def run(
                 texts = tuple(t for _, t in chunk)
                 spec = ShardSpec(key, location, load_revision, enc.max_seq_length,
                                  accel.device, accel.dtype, encode.batch_size, texts,
-                                 cpu_kernels, **_spec_method(methods[part]),
-                                 batch_order=encode.batch_order, kernels_key=base["cpu_kernels"])  # fmt: skip
+                                 cpu_kernels, **_spec_method(methods[part]), batch_order=encode.batch_order,
+                                 kernels_key=kernels_id(cpu_kernels))  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)
                 else:
@@ -606,7 +606,7 @@ def _run_texts(
         queue.buffer = {}
         spec = ShardSpec(_unit_key(queue, keys), location, load_revision, enc.max_seq_length,
                          accel.device, accel.dtype, 1, texts, cpu_kernels,
-                         **_spec_method(queue.fields), kernels_key=base["cpu_kernels"])  # fmt: skip
+                         **_spec_method(queue.fields), kernels_key=kernels_id(cpu_kernels))  # fmt: skip
         if inline:
             fut = executor_.submit(encode_shard, spec, progress=bar.update)
         else:
