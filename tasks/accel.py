@@ -36,7 +36,7 @@ Reproducibility, AVX2 branch, strict mode). What that guarantees, and what it do
   place, still in strict mode (``mkl_cbwr_get`` then says ``AUTO,STRICT``, 0x10002).
   Measured on a 2-core AMD EPYC (family 25, model 17, AVX-512 and AVX512-BF16), 2026-12-03: the
   sample profile's embeddings and dense negatives came out byte-identical to an Intel Xeon's, its
-  cross-encoder scores did not (11 of 46 outs differed, all downstream of ``score``). So the
+  cross-encoder scores did not (the score pickle and all derived from it differed). So the
   bits are those of that CPU model, run to run and for any thread count, not an Intel machine's:
   :func:`kernels_id` names the CPU (``+MKL_AUTO@AuthenticAMD-25-17``) and caches computed there are
   never mixed with another CPU's, and a worker whose CPU would compute other bits than the ones

@@ -350,7 +350,8 @@ class DenseSystem(Section):
 
 CPU_KERNELS_DOC = (
     "CPU kernels of the model (tasks.accel.pin_cpu_kernels): avx2 (default) = the same fp32 bits on every "
-    "x86-64 CPU with AVX2, AVX-512 ones included; native = each CPU's widest kernels (other CPUs then "
+    "Intel CPU with AVX2, AVX-512 ones included (on other vendors' CPUs MKL runs its AUTO branch: the bits "
+    "of that CPU model, which cache keys name); native = each CPU's widest kernels (other CPUs then "
     "agree only within a tolerance, see the README)"
 )
 DTYPE_DOC = (
