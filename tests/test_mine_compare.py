@@ -115,6 +115,13 @@ def test_report_puts_both_sides_in_one_table(mc: ModuleType) -> None:
     assert "80.0% (120 of 150 queries)" in text
     assert "restart finished in 10.0 s = 25% of a run from scratch" in text
     assert "finished before the kill (5 s): not measured" in text  # the peer's side here
+    assert "alternating rounds" not in text and "each round" not in text  # --rounds 1: no rounds row
+    # --rounds 3: the best of each side, and every round's pair in the notes
+    ours["scratch_rounds"], peer["scratch_rounds"] = [40.0, 30.0, 36.0], [10.0, 12.0, 15.0]
+    text = mc.report(result, "mine_hard_negatives (sentence-transformers 6.2.0)")
+    assert "| wall time from scratch, best of 3 alternating rounds | 30.0 s | 10.0 s | 3.00 |" in text
+    each = "each round (ours / peer, ratio): 40.0 / 10.0 s, 4.00; 30.0 / 12.0 s, 2.50; 36.0 / 15.0 s, 2.40"
+    assert each in text
 
 
 @pytest.mark.parametrize(
@@ -123,6 +130,7 @@ def test_report_puts_both_sides_in_one_table(mc: ModuleType) -> None:
         (["--kill-at", "1.5"], "--kill-at must lie between 0 and 1"),
         (["--docs", "100", "--queries", "100"], "--docs must exceed --queries"),
         (["--queries", "0"], "--docs must exceed --queries"),
+        (["--rounds", "0"], "--rounds must be 1 or more"),
     ],
 )
 def test_cli_rejects_bad_arguments(
