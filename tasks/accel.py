@@ -214,10 +214,9 @@ def mkl_in_use() -> bool:
     return bool(torch.backends.mkl.is_available())
 
 
-def mkl_cbwr_branch() -> int | None:
-    """MKL's CNR setting in force (``mkl_cbwr_get(MKL_CBWR_ALL)``: the code branch, 10 for AVX2 and
-    1 unpinned, with 0x10000 added in strict mode), or ``None`` where torch's MKL does not export
-    it. Asking fixes the setting, like MKL's first call."""
+def _mkl_function(name: str, restype: type, argtypes: list[type]):
+    """The ``ctypes`` function ``name`` of the MKL that torch links in, or ``None`` where torch
+    has no MKL or its MKL does not export it."""
     import ctypes
 
     import torch
@@ -226,12 +225,22 @@ def mkl_cbwr_branch() -> int | None:
         return None
     for lib in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu*")):
         try:
-            get = ctypes.CDLL(str(lib)).mkl_serv_cbwr_get
+            fn = getattr(ctypes.CDLL(str(lib)), name)
         except (OSError, AttributeError):
             continue
-        get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
-        return int(get(MKL_CBWR_ALL))
+        fn.restype, fn.argtypes = restype, argtypes
+        return fn
     return None
+
+
+def mkl_cbwr_branch() -> int | None:
+    """MKL's CNR setting in force (``mkl_cbwr_get(MKL_CBWR_ALL)``: the code branch, 10 for AVX2 and
+    1 unpinned, with 0x10000 added in strict mode), or ``None`` where torch's MKL does not export
+    it. Asking fixes the setting, like MKL's first call."""
+    import ctypes
+
+    get = _mkl_function("mkl_serv_cbwr_get", ctypes.c_int, [ctypes.c_int])
+    return None if get is None else int(get(MKL_CBWR_ALL))
 
 
 def mkl_intel_cpu() -> bool | None:
@@ -239,18 +248,8 @@ def mkl_intel_cpu() -> bool | None:
     CNR branches only there), or ``None`` where torch's MKL does not export it."""
     import ctypes
 
-    import torch
-
-    if not mkl_in_use():
-        return None
-    for lib in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu*")):
-        try:
-            ask = ctypes.CDLL(str(lib)).mkl_serv_intel_cpu_true
-        except (OSError, AttributeError):
-            continue
-        ask.restype, ask.argtypes = ctypes.c_int, []
-        return bool(ask())
-    return None
+    ask = _mkl_function("mkl_serv_intel_cpu_true", ctypes.c_int, [])
+    return None if ask is None else bool(ask())
 
 
 def pin_cpu_kernels(
