@@ -112,21 +112,9 @@ class Accel:
 
 
 @cache
-def cpu_flags(cpuinfo: str | Path = PROC_CPUINFO) -> frozenset[str]:
-    """CPU feature flags from ``/proc/cpuinfo`` (or another file in its format; empty if absent)."""
-    path = Path(cpuinfo)
-    if not path.exists():
-        return frozenset()
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
-
-
-@cache
-def cpu_signature(cpuinfo: str | Path = PROC_CPUINFO) -> str:
-    """``vendor-family-model`` of the first CPU in ``/proc/cpuinfo`` (or another file in its format),
-    e.g. ``AuthenticAMD-25-17``; the parts it lacks are ``unknown`` (no such file: all three)."""
+def _first_cpu(cpuinfo: str | Path = PROC_CPUINFO) -> dict[str, str]:
+    """The fields of the first processor in ``/proc/cpuinfo`` (or another file in its format;
+    empty if absent)."""
     path = Path(cpuinfo)
     fields: dict[str, str] = {}
     if path.exists():
@@ -135,6 +123,18 @@ def cpu_signature(cpuinfo: str | Path = PROC_CPUINFO) -> str:
                 break  # the first processor's block is enough
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(cpuinfo: str | Path = PROC_CPUINFO) -> frozenset[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (or another file in its format; empty if absent)."""
+    return frozenset(_first_cpu(cpuinfo).get("flags", "").split())
+
+
+def cpu_signature(cpuinfo: str | Path = PROC_CPUINFO) -> str:
+    """``vendor-family-model`` of the first CPU in ``/proc/cpuinfo`` (or another file in its format),
+    e.g. ``AuthenticAMD-25-17``; the parts it lacks are ``unknown`` (no such file: all three)."""
+    fields = _first_cpu(cpuinfo)
     parts = (fields.get("vendor_id"), fields.get("cpu family"), fields.get("model"))
     return "-".join(part or "unknown" for part in parts)
 

@@ -425,6 +425,7 @@ def run(
         # max_seq_length when the system leaves it null, and ATen fixes its kernels at first use
         pin_cpu_kernels(cpu_kernels)
     enc = resolve_encoding(system, params, location, load_revision)
+    kernels_key = kernels_id(cpu_kernels)  # what every shard's key and worker check name
     # A local directory is identified by its content hash alone, wherever it lives.
     base = {
         "model": "local-dir" if revision.startswith("dir-sha256:") else params.model,
@@ -432,7 +433,7 @@ def run(
         "max_seq_length": enc.max_seq_length,
         "device": accel.device,
         "dtype": accel.dtype,
-        "cpu_kernels": kernels_id(cpu_kernels),  # e.g. avx2+MKL_CBWR=AVX2: new settings, new keys
+        "cpu_kernels": kernels_key,  # e.g. avx2+MKL_CBWR=AVX2: new settings, new keys
         "batch_size": encode.batch_size,
         "format": FORMAT_VERSION,
     }
@@ -497,7 +498,7 @@ def run(
                 spec = ShardSpec(key, location, load_revision, enc.max_seq_length,
                                  accel.device, accel.dtype, encode.batch_size, texts,
                                  cpu_kernels, **_spec_method(methods[part]), batch_order=encode.batch_order,
-                                 kernels_key=kernels_id(cpu_kernels))  # fmt: skip
+                                 kernels_key=kernels_key)  # fmt: skip
                 if inline:
                     fut = executor_.submit(encode_shard, spec, progress=bar.update)
                 else:
@@ -606,7 +607,7 @@ def _run_texts(
         queue.buffer = {}
         spec = ShardSpec(_unit_key(queue, keys), location, load_revision, enc.max_seq_length,
                          accel.device, accel.dtype, 1, texts, cpu_kernels,
-                         **_spec_method(queue.fields), kernels_key=kernels_id(cpu_kernels))  # fmt: skip
+                         **_spec_method(queue.fields), kernels_key=base["cpu_kernels"])  # fmt: skip
         if inline:
             fut = executor_.submit(encode_shard, spec, progress=bar.update)
         else:
