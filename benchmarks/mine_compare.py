@@ -55,6 +55,7 @@ the uninterrupted run's, and its wall time against a run from scratch.
 
     .venv/bin/python benchmarks/mine_compare.py                        # ~15 min on 2 cores
     .venv/bin/python benchmarks/mine_compare.py --docs 600 --queries 150 --markdown /tmp/mine.md  # ~3 min
+    .venv/bin/python benchmarks/mine_compare.py --rounds 3             # shared box: best of 3 alternating
 
 Where the kill lands matters for our side: DVC skips the stages that finished before it, encode
 and mine_scores resume from their shard caches (``encode.shard_size`` /
