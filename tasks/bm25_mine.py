@@ -9,7 +9,8 @@
   hits and are counted, not failed), qrels rows whose pid is not in the collection (counted and
   logged: such a positive can never be retrieved), qrels qids without query text, queries/s.
 
-Queries are searched by ``bm25.threads`` worker processes (threads for Elasticsearch), or, with
+Queries are searched by ``bm25.threads`` worker processes (threads for Elasticsearch; in the
+stage's own process while queries x passages stays under :data:`IN_PROCESS_WORK`), or, with
 ``orchestration.dask_address`` set, in batches of ``bm25.query_batch`` on that Dask cluster
 (:func:`search_shard`; each worker opens the index once, from a shared filesystem).
 """
@@ -62,20 +63,44 @@ def search_shard(index_dir: str, params: Bm25, texts: list[str], k: int) -> list
     return _SHARD_SEARCHERS[key].search(texts, k)
 
 
+# Below this much work (queries x passages in the index) the embedded backend searches in the
+# stage's own process even when bm25.threads > 1: two spawned searchers (imports, index open)
+# cost ~1 s on 2 cores, more than they save. Measured on 2 cores with the corpus of
+# benchmarks/mine_compare.py (1,800 queries, 6,000 passages: 1.1e7): the stage took 1.6-1.8 s
+# in process, 2.3-2.6 s with two searcher processes. Outputs are the same either way.
+IN_PROCESS_WORK = 20_000_000
+
+
 class QueryPool:
     """``bm25.threads`` searchers opened once and reused for every query set of the stage.
 
     With ``cluster`` (a Dask ``get_executor()`` or any ``concurrent.futures`` executor), the
     query batches go there instead, as :func:`search_shard` calls; results keep input order.
+    ``work`` (queries x passages, when known): at most ``in_process_work`` searches in this
+    process with the embedded backend (:data:`IN_PROCESS_WORK`).
     """
 
-    def __init__(self, index_dir: Path, params: Bm25, cluster: Executor | None = None) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        params: Bm25,
+        cluster: Executor | None = None,
+        work: int | None = None,
+        in_process_work: int = IN_PROCESS_WORK,
+    ) -> None:
         self.params = params
         self.index_dir = str(Path(index_dir).resolve())
         self.cluster = cluster
         self.searcher: Searcher | None = None
         self.pool: Executor | None = None
-        if cluster is None and params.threads == 1:
+        small = params.backend == "embedded" and work is not None and work <= in_process_work
+        if cluster is None and (params.threads == 1 or small):
+            if params.threads > 1:
+                log.info(
+                    "bm25: searching in this process: queries x passages = %s, at most %s "
+                    "(IN_PROCESS_WORK); %d searcher processes would cost more than they save",
+                    f"{work:,}", f"{in_process_work:,}", params.threads,
+                )  # fmt: skip
             self.searcher = open_backend(index_dir, params)
         elif cluster is None and params.backend == "embedded":  # tantivy holds the GIL: processes
             # (that end with this process, even on kill -9: see tasks.scaleout.process_pool)
@@ -140,10 +165,12 @@ def run(
     params: Bm25,
     mine: Mine,
     cluster: Executor | None = None,
+    in_process_work: int = IN_PROCESS_WORK,
 ) -> dict:
     """Mine BM25 negatives for the training queries and write the eval runs; returns the summary.
 
-    ``cluster``: an executor (Dask) to run the query batches on; default local processes.
+    ``cluster``: an executor (Dask) to run the query batches on; default ``bm25.threads`` local
+    processes, or this process for a small stage (``in_process_work``, see :class:`QueryPool`).
     """
     index_dir = Path(index_dir)
     pids = load_pids(index_dir)
@@ -167,7 +194,8 @@ def run(
         "qrels_qids_without_text": missing_text,
     }
 
-    with QueryPool(index_dir, params, cluster) as pool:
+    n_queries = len(train) + sum(sum(1 for _ in read_queries(p)) for p in eval_queries.values())
+    with QueryPool(index_dir, params, cluster, len(pids) * n_queries, in_process_work) as pool:
         _mine(pool, train, queries, positives, negatives_out, summary, mine)
         for name, path in sorted(eval_queries.items()):
             summary[name] = _eval_run(pool, name, path, Path(runs_dir), mine)

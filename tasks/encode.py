@@ -91,7 +91,14 @@ from tasks.io import (
     write_bytes_atomic,
     write_json,
 )
-from tasks.models import Encoding, is_commit, model_location, model_revision, resolve_encoding
+from tasks.models import (
+    Encoding,
+    is_commit,
+    model_location,
+    model_revision,
+    resolve_encoding,
+    take_probed_model,
+)
 from tasks.records import read_collection, read_queries
 from tasks.rowstore import DIGEST, RowStore, digest
 from tasks.scaleout import InlineExecutor
@@ -150,9 +157,11 @@ def _load_model(spec: ShardSpec):
     if spec.cpu_kernels is not None:  # before the model runs, and the bits the keys name
         pin_cpu_kernels(spec.cpu_kernels, expect=spec.kernels_key)
     if ident not in _MODELS:
-        from sentence_transformers import SentenceTransformer
+        model = take_probed_model(spec.model, spec.revision) if spec.device == "cpu" else None
+        if model is None:  # a worker process, a GPU, or a system that sets max_seq_length
+            from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(spec.model, revision=spec.revision, device=spec.device)
+            model = SentenceTransformer(spec.model, revision=spec.revision, device=spec.device)
         model.max_seq_length = spec.max_seq_length
         _MODELS.clear()  # one model per process: systems run one after another
         _MODELS[ident] = place(model, Accel(spec.device, spec.dtype))
@@ -425,6 +434,8 @@ def run(
         # max_seq_length when the system leaves it null, and ATen fixes its kernels at first use
         pin_cpu_kernels(cpu_kernels)
     enc = resolve_encoding(system, params, location, load_revision)
+    if executor is not None:  # workers load their own copy: drop the one probed here
+        take_probed_model(location, load_revision)
     kernels_key = kernels_id(cpu_kernels)  # what every shard's key and worker check name
     # A local directory is identified by its content hash alone, wherever it lives.
     base = {

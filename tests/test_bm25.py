@@ -135,7 +135,7 @@ def mined(tmp_path):
     qrels_path.write_text("".join(f"{q}\t0\t{p}\t1\n" for q, p in qrels))
     dev = write_tsv(tmp_path / "dev.tsv", queries[:5] + [(6, "?")])
 
-    def go(out: Path, threads: int = 1, top_k: int = 10) -> dict:
+    def go(out: Path, threads: int = 1, top_k: int = 10, in_process_work: int = 0) -> dict:
         params = Bm25(threads=threads, query_batch=8)
         build(coll, out / "idx", params)
         summary = mine_run(
@@ -148,6 +148,7 @@ def mined(tmp_path):
             out / "summary.json",
             params,
             Mine(top_k=top_k, eval_depth=20),
+            in_process_work=in_process_work,  # 0: threads > 1 always starts its processes
         )
         return summary
 
@@ -188,12 +189,17 @@ def test_mining_output(tmp_path, mined):
     assert read_json(tmp_path / "a" / "summary.json")["train_queries"] == len(queries)
 
 
-def test_mining_is_deterministic_across_workers(tmp_path, mined):
+def test_mining_is_deterministic_across_workers(tmp_path, mined, caplog):
     go = mined[0]
     go(tmp_path / "one", threads=1)
-    go(tmp_path / "two", threads=2)
+    with caplog.at_level("INFO", logger="tasks.bm25_mine"):
+        go(tmp_path / "two", threads=2)
+        assert "searching in this process" not in caplog.text  # two searcher processes ran
+        go(tmp_path / "small", threads=2, in_process_work=10**9)  # a stage this small: no processes
+        assert "searching in this process" in caplog.text
     for rel in ("neg/bm25.parquet", "runs/dev.full.trec", "runs/dl19.full.trec"):
-        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+        one = (tmp_path / "one" / rel).read_bytes()
+        assert one == (tmp_path / "two" / rel).read_bytes() == (tmp_path / "small" / rel).read_bytes(), rel
 
 
 @pytest.mark.parametrize(

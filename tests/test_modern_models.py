@@ -241,6 +241,36 @@ def test_max_seq_length_null_is_the_models_own(
     assert (enc.max_seq_length, enc.max_seq_length_from, enc.score) == (own, "model", "cos")
 
 
+def test_max_seq_length_null_loads_the_model_once_in_process(
+    models: TinyModels, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading the model's own length loads it; encoding in the same process takes that model
+    instead of loading the weights again, with the same bits as the length written out."""
+    import tasks.encode as encode_mod
+    from tasks.models import take_probed_model
+    from tasks.scaleout import InlineExecutor
+
+    parts = _parts(tmp_path)
+    own = TINY_PARAMS.max_seq_length
+    loading = f"model from {models.bi_cls_dot}"
+    encode_mod._MODELS.clear()  # earlier tests left this process's model loaded
+    with caplog.at_level("INFO", logger="sentence_transformers"):
+        run("own", DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=None),
+            ENC, parts, tmp_path / "own", tmp_path / "c1")  # fmt: skip
+    assert sum(loading in r.getMessage() for r in caplog.records) == 1, caplog.text
+    assert take_probed_model(str(models.bi_cls_dot), None) is None  # handed over, not kept
+    encode_mod._MODELS.clear()
+    run("set", DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=own),
+        ENC, parts, tmp_path / "set", tmp_path / "c2")  # fmt: skip
+    for part in parts:
+        own_bits, set_bits = (load_part(tmp_path / d, part).load().tobytes() for d in ("own", "set"))
+        assert own_bits == set_bits, part
+    # with an executor the shards run elsewhere: the probed model is not held for them
+    run("exec", DenseSystem(model=str(models.bi_cls_dot), score="dot", max_seq_length=None),
+        ENC, parts, tmp_path / "exec", tmp_path / "c3", executor=InlineExecutor())  # fmt: skip
+    assert take_probed_model(str(models.bi_cls_dot), None) is None
+
+
 # --------------------------------------------------------------------------- dense_mine
 def test_mine_takes_the_score_from_the_manifest(sample: EncodedSample, tmp_path: Path) -> None:
     """score: auto mines with the manifest's resolved score (here cos: normalised), byte for
