@@ -32,7 +32,15 @@ from tasks.bm25_backends import Ranked, Searcher, load_pids, open_backend
 from tasks.cli import run_stage, stage_parser
 from tasks.config import Bm25, Config, Mine
 from tasks.io import DataError, write_json
-from tasks.records import hits_table, qrels_by_query, read_qrels, read_queries, write_hits, write_run_arrays
+from tasks.records import (
+    Query,
+    hits_table,
+    qrels_by_query,
+    read_qrels,
+    read_queries,
+    write_hits,
+    write_run_arrays,
+)
 from tasks.scaleout import executor as shard_executor
 from tasks.scaleout import process_pool
 
@@ -194,11 +202,12 @@ def run(
         "qrels_qids_without_text": missing_text,
     }
 
-    n_queries = len(train) + sum(sum(1 for _ in read_queries(p)) for p in eval_queries.values())
+    evals = {name: list(read_queries(path)) for name, path in sorted(eval_queries.items())}
+    n_queries = len(train) + sum(map(len, evals.values()))
     with QueryPool(index_dir, params, cluster, len(pids) * n_queries, in_process_work) as pool:
         _mine(pool, train, queries, positives, negatives_out, summary, mine)
-        for name, path in sorted(eval_queries.items()):
-            summary[name] = _eval_run(pool, name, path, Path(runs_dir), mine)
+        for name, evq in evals.items():
+            summary[name] = _eval_run(pool, name, evq, Path(runs_dir), mine)
     write_json(summary_out, summary)
     return summary
 
@@ -239,8 +248,7 @@ def _mine(
     )  # fmt: skip
 
 
-def _eval_run(pool: QueryPool, name: str, path: Path, runs_dir: Path, mine: Mine) -> dict:
-    evq = list(read_queries(path))
+def _eval_run(pool: QueryPool, name: str, evq: list[Query], runs_dir: Path, mine: Mine) -> dict:
     start = time.perf_counter()
     ranked = pool.search([q.text for q in evq], mine.eval_depth, f"bm25 {name}")
     secs = time.perf_counter() - start
